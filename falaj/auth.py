@@ -1,0 +1,117 @@
+"""Bearer tokens and roles: who may do what.
+
+Locally, ``falaj up`` issues one token per role for people and one per service;
+only their SHA-256 digests are stored, so the token file leaks nothing. On a
+cluster the same ``Principal`` comes from a verified OIDC JWT instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from falaj.errors import AuthError, PermissionDenied
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"
+    DATA_SCIENTIST = "data-scientist"
+    ML_ENGINEER = "ml-engineer"
+    PLATFORM_ADMIN = "platform-admin"
+    AUDITOR = "auditor"
+    SERVICE = "service"  # a platform component talking to another
+
+
+class Action(StrEnum):
+    READ = "read"  # status, versions, metrics
+    PREDICT = "predict"
+    PUBLISH_EVENT = "publish-event"
+    TRAIN = "train"
+    DEPLOY = "deploy"  # canary, promote, rollback
+    REPLAY = "replay"  # dead letters
+    READ_AUDIT = "read-audit"
+    ADMIN = "admin"  # tokens, policy
+
+
+PERMISSIONS: dict[Role, frozenset[Action]] = {
+    Role.VIEWER: frozenset({Action.READ}),
+    Role.DATA_SCIENTIST: frozenset({Action.READ, Action.PREDICT, Action.TRAIN}),
+    Role.ML_ENGINEER: frozenset(
+        {Action.READ, Action.PREDICT, Action.TRAIN, Action.DEPLOY, Action.PUBLISH_EVENT}
+    ),
+    Role.PLATFORM_ADMIN: frozenset(Action),
+    Role.AUDITOR: frozenset({Action.READ, Action.READ_AUDIT}),
+    Role.SERVICE: frozenset(
+        {Action.READ, Action.PREDICT, Action.PUBLISH_EVENT, Action.TRAIN, Action.DEPLOY}
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    role: Role
+
+    def require(self, action: Action) -> None:
+        if action not in PERMISSIONS[self.role]:
+            raise PermissionDenied(
+                f"{self.subject} ({self.role}) may not {action}; roles that may: "
+                + ", ".join(r for r, acts in PERMISSIONS.items() if action in acts)
+            )
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    """Token digests on disk, ``<home>/keys/tokens.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        if not self.path.exists():
+            return {}
+        loaded: dict[str, dict[str, str]] = json.loads(self.path.read_text())
+        return loaded
+
+    def issue(self, subject: str, role: Role) -> str:
+        """Create a token for ``subject``; the token itself is returned once, never stored."""
+        token = "flj_" + secrets.token_urlsafe(32)
+        entries = self._load()
+        entries[_digest(token)] = {"subject": subject, "role": str(role)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+        return token
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """Resolve an ``Authorization: Bearer ...`` header to a principal."""
+        if not authorization:
+            raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("expected 'Authorization: Bearer <token>', got another scheme")
+        wanted = _digest(token.strip())
+        for known, who in self._load().items():
+            if hmac.compare_digest(known, wanted):
+                return Principal(subject=who["subject"], role=Role(who["role"]))
+        # Never echo the token back: it may be a real secret sent to the wrong place.
+        raise AuthError("unknown bearer token; use a token issued by 'falaj up' (.falaj/keys/)")
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """Write a token to a file only its owner can read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)

@@ -1,0 +1,115 @@
+"""Where a local platform keeps its state, and the objects every component shares.
+
+A ``Context`` is built once in a process's ``main()`` from its ``Settings`` and
+passed down: paths under ``.falaj/``, the audit log, the residency policy and
+the token store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from falaj.audit import AuditLog
+from falaj.auth import TokenStore
+from falaj.residency import ResidencyPolicy
+from falaj.settings import Settings
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The layout of ``<home>``; one name per store, used everywhere."""
+
+    home: Path
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def offline(self) -> Path:
+        return self.home / "offline"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def feast(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def registry(self) -> Path:
+        return self.home / "registry"
+
+    @property
+    def serving(self) -> Path:
+        return self.home / "serving"
+
+    @property
+    def drift(self) -> Path:
+        return self.home / "drift"
+
+    @property
+    def training(self) -> Path:
+        return self.home / "training"
+
+    @property
+    def audit(self) -> Path:
+        return self.home / "audit"
+
+    @property
+    def keys(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def broker(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def state(self) -> Path:
+        """Per-function state (idempotency keys, windows)."""
+        return self.home / "state"
+
+    @property
+    def run(self) -> Path:
+        """PID files and the addresses of running processes."""
+        return self.home / "run"
+
+    @property
+    def tokens(self) -> Path:
+        return self.keys / "tokens.json"
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    paths: Paths
+    audit: AuditLog
+    policy: ResidencyPolicy
+    tokens: TokenStore
+    actor: str
+
+    @classmethod
+    def create(cls, settings: Settings, *, actor: str) -> Context:
+        paths = Paths(settings.resolved_home)
+        audit = AuditLog(paths.audit)
+        policy = ResidencyPolicy(
+            allowed_regions=frozenset(settings.allowed_regions),
+            local_region=settings.region,
+            storage_regions=dict(settings.storage_regions),
+            audit=audit,
+            actor=actor,
+        )
+        return cls(
+            settings=settings,
+            paths=paths,
+            audit=audit,
+            policy=policy,
+            tokens=TokenStore(paths.tokens),
+            actor=actor,
+        )

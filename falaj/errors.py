@@ -1,0 +1,110 @@
+"""Every error Falaj raises on purpose derives from one root.
+
+    FalajError
+    ├── ConfigError            a setting is missing or malformed
+    ├── ResidencyViolation     a resource would leave the allowed regions
+    ├── EventError             an event is malformed or not in the catalog
+    ├── AuthError              a caller is unknown (401) ...
+    │   └── PermissionDenied   ... or known but not allowed (403)
+    ├── AuditError             the audit log cannot be written
+    │   └── AuditTampered      the hash chain does not verify
+    ├── ArtifactError          a model artifact cannot be trusted or read
+    │   └── SignatureInvalid   its signature is missing or does not match
+    ├── RegistryError          a model or version is unknown
+    ├── SchemaError            a data file does not fit the feature schema at all
+    ├── ManifestError          a manifest cannot be read into the local runtime
+    └── RuntimeStartError      a local process would not start or get ready
+
+Each class carries the HTTP status an endpoint answers with when it escapes a
+handler, so the boundary translates once (bentoml's habit).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class FalajError(Exception):
+    """Root of every error Falaj raises on purpose."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class ConfigError(FalajError):
+    """Raised when a setting is missing or malformed; the message names the key."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class ResidencyViolation(FalajError):
+    """Raised when a location, event, job or deployment is outside the allowed regions."""
+
+    status = HTTPStatus.FORBIDDEN
+
+    def __init__(self, message: str, *, resource: str, region: str, boundary: str) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.region = region
+        self.boundary = boundary
+
+
+class EventError(FalajError):
+    """Raised when an event is malformed, of an unknown type, or its data fails its schema."""
+
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class AuthError(FalajError):
+    """Raised when a request carries no token or an unknown one."""
+
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class PermissionDenied(AuthError):
+    """Raised when an authenticated caller's role does not allow the action."""
+
+    status = HTTPStatus.FORBIDDEN
+
+
+class AuditError(FalajError):
+    """Raised when the audit log cannot be written or read."""
+
+
+class AuditTampered(AuditError):
+    """Raised when the audit log's hash chain does not verify."""
+
+    status = HTTPStatus.CONFLICT
+
+
+class ArtifactError(FalajError):
+    """Raised when a model artifact cannot be read, decrypted or trusted."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class SignatureInvalid(ArtifactError):
+    """Raised when an artifact is unsigned or its files do not match the signature."""
+
+
+class RegistryError(FalajError):
+    """Raised when a model or a model version is not in the registry."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
+class SchemaError(FalajError):
+    """Raised when a data file cannot be read against the feature schema at all."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class ManifestError(FalajError):
+    """Raised when a manifest cannot be turned into something the local runtime runs."""
+
+
+class RuntimeStartError(FalajError):
+    """Raised when a local process does not start or does not become ready in time."""

@@ -1,0 +1,49 @@
+"""Sending events to the broker ingress (the K_SINK of every component)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import httpx
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
+
+from falaj.errors import EventError
+
+
+class EventPublisher:
+    """Posts CloudEvents in binary mode to the broker, with this process's token."""
+
+    def __init__(self, broker_url: str, token: str | None, *, timeout_s: float = 10.0) -> None:
+        self.broker_url = broker_url
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+
+    def publish(self, event: CloudEvent) -> None:
+        headers, body = to_binary(event)
+        try:
+            response = self._client.post(self.broker_url, headers=headers, content=body)
+        except httpx.HTTPError as exc:
+            raise EventError(
+                f"cannot reach the broker at {self.broker_url} to publish {event['type']}: "
+                f"{type(exc).__name__}; is 'falaj up' running?"
+            ) from exc
+        if response.status_code >= 300:
+            raise EventError(
+                f"the broker refused {event['type']} ({event['id']}): "
+                f"HTTP {response.status_code} {response.text[:300]}"
+            )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> EventPublisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,79 @@
+"""The residency policy: one object, checked at every boundary.
+
+A boundary is where data or control crosses into something that has a region:
+a storage location being written, an event being accepted, a training job being
+launched, a model being deployed, a sink receiving events. A refusal names the
+resource and its region, and is written to the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import urlparse
+
+from falaj.audit import AuditLog, Outcome
+from falaj.errors import ResidencyViolation
+
+LOCAL_SCHEMES = frozenset({"", "file"})
+
+
+class Boundary(StrEnum):
+    STORAGE_WRITE = "storage-write"
+    EVENT_ACCEPT = "event-accept"
+    JOB_LAUNCH = "job-launch"
+    MODEL_DEPLOY = "model-deploy"
+    SINK = "sink"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResidencyPolicy:
+    allowed_regions: frozenset[str]
+    local_region: str
+    storage_regions: Mapping[str, str] = field(default_factory=dict)
+    audit: AuditLog | None = None
+    actor: str = "falaj"
+
+    def region_of(self, location: str) -> str | None:
+        """The region a storage location lives in, or None when nobody declared it."""
+        scheme = urlparse(location).scheme
+        # A one-letter "scheme" is a Windows drive, never a remote store.
+        if scheme in LOCAL_SCHEMES or len(scheme) == 1:
+            return self.local_region
+        # Longest declared prefix wins, so s3://bank/eu/ can differ from s3://bank/.
+        matches = [p for p in self.storage_regions if location.startswith(p)]
+        if not matches:
+            return None
+        return self.storage_regions[max(matches, key=len)]
+
+    def check_region(self, region: str | None, *, resource: str, boundary: Boundary) -> None:
+        """Refuse (and audit) a resource whose region is not allowed."""
+        if region in self.allowed_regions:
+            return
+        allowed = ", ".join(sorted(self.allowed_regions))
+        if region is None:
+            message = (
+                f"{boundary}: {resource} has no known region; declare it in "
+                f"FALAJ_STORAGE_REGIONS (PREFIX=REGION) with one of: {allowed}"
+            )
+        else:
+            message = (
+                f"{boundary}: {resource} is in region {region!r}, outside the allowed "
+                f"regions ({allowed}); keep it in-region or change the policy"
+            )
+        if self.audit is not None:
+            self.audit.record(
+                "policy.refused",
+                actor=self.actor,
+                resource=resource,
+                region=region or "unknown",
+                outcome=Outcome.REFUSED,
+                details={"boundary": str(boundary), "reason": message},
+            )
+        raise ResidencyViolation(
+            message, resource=resource, region=region or "unknown", boundary=str(boundary)
+        )
+
+    def check_location(self, location: str, *, boundary: Boundary = Boundary.STORAGE_WRITE) -> None:
+        self.check_region(self.region_of(location), resource=location, boundary=boundary)

@@ -1,0 +1,120 @@
+"""Local processes started by the platform (and by tests): started, awaited, stopped by PID.
+
+Each process runs in its own session so that stopping it stops its children
+(gunicorn workers, Ray's raylet) with it; nothing is left bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from falaj.errors import RuntimeStartError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+@dataclass
+class ManagedProcess:
+    """One child process, its log file, and how to tell it is ready."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    log_path: Path
+    cwd: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def start(self) -> ManagedProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                list(self.argv),
+                env=dict(self.env),
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait_ready(self, check: ReadyCheck, timeout_s: float = 60.0) -> None:
+        """Poll ``check`` until it passes, the process dies, or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeStartError(
+                    f"{self.name} exited with code {self.popen.returncode if self.popen else '?'}"
+                    f" before it was ready; its log: {self.log_path}\n{self.tail()}"
+                )
+            if check():
+                return
+            time.sleep(0.1)  # polling a readiness probe, as a kubelet does
+        raise RuntimeStartError(
+            f"{self.name} was not ready after {timeout_s:.0f} s; its log: {self.log_path}\n"
+            + self.tail()
+        )
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=timeout_s)
+        # The leader may be gone while children linger in its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        if self.popen.poll() is None:
+            self.popen.wait(timeout=timeout_s)
+
+    def tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class ReadyCheck:
+    """A readiness probe: a TCP port accepting, or an HTTP GET answering 2xx."""
+
+    def __init__(self, host: str, port: int, path: str | None = None) -> None:
+        self.host, self.port, self.path = host, port, path
+
+    def __call__(self) -> bool:
+        if self.path is None:
+            return port_open(self.host, self.port)
+        try:
+            response = httpx.get(f"http://{self.host}:{self.port}{self.path}", timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 300

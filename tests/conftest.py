@@ -1,0 +1,44 @@
+"""Shared fixtures: isolated settings per test, and one Ray head per session.
+
+Ray's fixed cost on 2 cores is ~20 s a job, so every test that needs Ray shares
+the head started here; it is stopped by PID at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from falaj.context import Context
+from falaj.runtime.processes import ManagedProcess, free_port
+from falaj.runtime.ray_head import RayHeadConfig, start_ray_head
+from falaj.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for a platform whose state lives in this test's temp dir."""
+    return Settings(home=tmp_path / ".falaj")
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> Context:
+    return Context.create(settings, actor="test")
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The address of the shared Ray Jobs API (http://host:port)."""
+    host = "127.0.0.1"
+    port = free_port(host)
+    log_dir = tmp_path_factory.mktemp("ray")
+    head: ManagedProcess = start_ray_head(
+        RayHeadConfig(host=host, dashboard_port=port, log_dir=log_dir), env=dict(os.environ)
+    )
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        head.stop()
