@@ -55,8 +55,7 @@ class CloudEventFunction(ABC):
 
     def start(self, ctx: Context) -> None:
         self._ctx = ctx
-        token = ctx.settings.token.get_secret_value() if ctx.settings.token else None
-        self._publisher = EventPublisher(ctx.settings.broker_ingress, token)
+        self._publisher = EventPublisher(ctx.settings.broker_ingress, ctx.settings.bearer_token())
         self.on_start()
 
     def on_start(self) -> None:

@@ -52,6 +52,14 @@ class Settings(BaseModel):
         default=None, description="defaults to http://host:ray_dashboard_port"
     )
     token: SecretStr | None = Field(default=None, description="this process's bearer token")
+    token_file: Path | None = Field(
+        default=None, description="a file holding the bearer token (a mounted Secret)"
+    )
+    canary_percent: int = Field(default=10, ge=0, le=100, description="traffic to a new version")
+    drift_window: int = Field(default=200, ge=10, description="inference events per drift window")
+    drift_psi_threshold: float = Field(default=0.2, gt=0, description="PSI that counts as drift")
+    drift_cooldown_s: float = Field(default=60.0, ge=0, description="quiet time after an alert")
+    training_workers: int = Field(default=2, ge=1, description="Ray Train workers per job")
     manifests_dir: Path = PROJECT_ROOT / "manifests" / "base"
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
     log_level: str = "info"
@@ -74,6 +82,19 @@ class Settings(BaseModel):
     @property
     def ray_jobs_address(self) -> str:
         return self.ray_address or f"http://{self.host}:{self.ray_dashboard_port}"
+
+    def bearer_token(self) -> str | None:
+        """The token this process presents, from the setting or its file."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"FALAJ_TOKEN_FILE={self.token_file} cannot be read: {exc.strerror}"
+                ) from None
+        return None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
