@@ -1,0 +1,284 @@
+"""The ``falaj`` command line: run the platform, the demo, and ask it things."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from falaj.audit import AuditLog
+from falaj.auth import Role
+from falaj.context import Paths
+from falaj.errors import AuditTampered, FalajError
+from falaj.events import export_schemas
+from falaj.settings import Settings
+
+app = typer.Typer(
+    name="falaj",
+    help="Falaj: a serverless ML platform that keeps data in-region.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+events_app = typer.Typer(help="The event catalog and the broker's log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(events_app, name="events")
+
+console = Console()
+err_console = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path | None, typer.Option("--home", help="state folder (default .falaj, or FALAJ_HOME)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _settings(home: Path | None) -> Settings:
+    overrides = {"home": home} if home is not None else {}
+    return Settings.from_env(os.environ, **overrides)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _user_token(paths: Paths, role: Role) -> str:
+    path = paths.keys / f"{role}.token"
+    if not path.exists():
+        raise FalajError(f"no {role} token at {path}; is 'falaj up' running in this folder?")
+    return path.read_text().strip()
+
+
+@app.command()
+def up(home: HomeOption = None) -> None:
+    """Start the platform from manifests/ and keep it running until Ctrl-C or 'falaj down'."""
+    from falaj.runtime.platform import LocalPlatform
+
+    settings = _settings(home)
+    platform = LocalPlatform(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with console.status("starting") as status:
+            platform.up(progress=lambda what: status.update(f"starting {what}"))
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"Falaj is up: broker {settings.broker_ingress}, router "
+        f"http://{settings.host}:{settings.router_port}, Ray {settings.ray_jobs_address}\n"
+        f"tokens per role in {platform.paths.keys}; drop files into {platform.paths.landing}"
+    )
+    try:
+        while not stop.wait(1.0):
+            dead = [name for name, ok in platform.alive().items() if not ok]
+            if dead:
+                err_console.print(f"[red]stopped unexpectedly:[/red] {', '.join(dead)}")
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping"):
+            platform.down()
+    console.print("Falaj is down.")
+
+
+@app.command()
+def down(home: HomeOption = None) -> None:
+    """Stop a platform started by 'falaj up' in this folder."""
+    paths = Paths(_settings(home).resolved_home)
+    state_file = paths.run / "platform.json"
+    if not state_file.exists():
+        raise _fail(f"no running platform recorded in {state_file}")
+    pid = int(json.loads(state_file.read_text())["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        state_file.unlink()
+        raise _fail(f"process {pid} is gone; removed the stale {state_file}") from None
+    deadline = time.monotonic() + 60
+    while state_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # waiting for 'falaj up' to stop its processes
+    console.print("Falaj is down." if not state_file.exists() else "still stopping; check again")
+
+
+@app.command()
+def demo(
+    home: HomeOption = None,
+    rows: Annotated[int, typer.Option(help="transactions in the first file")] = 4000,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the whole loop on real components and print what happened."""
+    from falaj.cli.render import render_report
+    from falaj.runtime.demo import DemoConfig, DemoStory, demo_home
+
+    settings = _settings(home or demo_home(Path.cwd()))
+    # One drift alert per version is the story; a long cooldown keeps the
+    # canary's own traffic from starting a third training mid-demo.
+    settings = settings.model_copy(update={"drift_cooldown_s": 3600.0})
+    # FALAJ_RAY_ADDRESS points the demo at a Ray head that is already running.
+    story = DemoStory(settings, DemoConfig(rows=rows), ray_address=settings.ray_address)
+    started = time.monotonic()
+    try:
+        with console.status("Falaj demo") as status:
+
+            def step(what: str) -> None:
+                elapsed = time.monotonic() - started
+                console.print(f"[dim]{elapsed:6.1f}s[/dim] {what}")
+                status.update(what)
+
+            report = story.run(step)
+    except FalajError as exc:
+        raise _fail(f"demo failed: {exc}") from None
+    if as_json:
+        console.print_json(json.dumps(asdict(report), default=str))
+    else:
+        render_report(report, console)
+        console.print(f"The loop closed in {time.monotonic() - started:.0f} s.")
+    if not report.audit_verified:
+        raise _fail("the audit log does not verify")
+
+
+@app.command()
+def predict(
+    features: Annotated[
+        str, typer.Argument(help="a JSON object of features, e.g. '{\"amount\": 12.5, ...}'")
+    ],
+    model: Annotated[str, typer.Option(help="model name")] = "fraud",
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask the running platform for a prediction (KServe V2 over REST)."""
+    from falaj.client import PlatformClient
+    from falaj.schema import load_schema
+
+    settings = _settings(home)
+    paths = Paths(settings.resolved_home)
+    try:
+        values = json.loads(features)
+        names = load_schema(settings).feature_names
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise FalajError(f"missing features {missing}; expected all of {list(names)}")
+        with PlatformClient(
+            broker_url=settings.broker_ingress,
+            router_url=f"http://{settings.host}:{settings.router_port}",
+            token=_user_token(paths, Role.ML_ENGINEER),
+        ) as client:
+            result = client.predict(model, [[float(values[n]) for n in names]])
+    except json.JSONDecodeError as exc:
+        raise _fail(f"features must be a JSON object: {exc}") from None
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        console.print_json(json.dumps(asdict(result)))
+    else:
+        console.print(
+            f"{model} v{result.version} ({result.variant}): "
+            f"fraud probability {result.probabilities[0]:.4f}"
+        )
+
+
+@app.command()
+def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """What runs, where, and whether it is alive."""
+    paths = Paths(_settings(home).resolved_home)
+    state_file = paths.run / "platform.json"
+    if not state_file.exists():
+        raise _fail("no platform is running here ('falaj up' starts one)")
+    state = json.loads(state_file.read_text())
+    alive = {name: _pid_alive(pid) for name, pid in state["processes"].items()}
+    if as_json:
+        console.print_json(json.dumps({**state, "alive": alive}))
+        return
+    for name, pid in state["processes"].items():
+        mark = "[green]up[/green]" if alive[name] else "[red]down[/red]"
+        console.print(f"{mark:>20} {name:<28} pid {pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@audit_app.command("verify")
+def audit_verify(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Check the hash chain; exit 1 naming the first broken entry."""
+    log = AuditLog(Paths(_settings(home).resolved_home).audit)
+    try:
+        report = log.verify()
+    except AuditTampered as exc:
+        if as_json:
+            console.print_json(json.dumps({"verified": False, "error": str(exc)}))
+            raise typer.Exit(1) from None
+        raise _fail(f"audit log tampered: {exc}") from None
+    if as_json:
+        console.print_json(json.dumps({"verified": True, "entries": report.entries}))
+    else:
+        console.print(f"audit log verified: {report.entries} entries, head {report.head_hash[:16]}")
+
+
+@audit_app.command("show")
+def audit_show(
+    home: HomeOption = None,
+    last: Annotated[int, typer.Option(help="entries from the end")] = 20,
+) -> None:
+    """Print the last entries."""
+    log = AuditLog(Paths(_settings(home).resolved_home).audit)
+    for entry in list(log.entries())[-last:]:
+        console.print(
+            f"{entry['seq']:>5} {entry['time'][:19]} {entry['action']:<22} {entry['outcome']:<8}"
+            f" {entry['actor']:<18} {entry['resource']}"
+        )
+
+
+@events_app.command("schemas")
+def events_schemas(
+    out: Annotated[Path, typer.Option(help="folder to write one JSON Schema per event type")],
+) -> None:
+    """Export the schema registry: a JSON Schema for each event type's data."""
+    for path in export_schemas(out):
+        console.print(str(path))
+
+
+@events_app.command("list")
+def events_list(
+    home: HomeOption = None,
+    event_type: Annotated[str | None, typer.Option("--type")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent events in the broker."""
+    from falaj.client import PlatformClient
+    from falaj.events import EventType
+
+    settings = _settings(home)
+    paths = Paths(settings.resolved_home)
+    try:
+        with PlatformClient(
+            broker_url=settings.broker_ingress,
+            router_url=f"http://{settings.host}:{settings.router_port}",
+            token=_user_token(paths, Role.VIEWER),
+        ) as client:
+            events = client.events(EventType(event_type) if event_type else None)
+    except (FalajError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        console.print_json(json.dumps(events))
+        return
+    for event in events:
+        console.print(f"{event.get('time', '')[:19]} {event['type']:<40} {event['id']}")
+
+
+if __name__ == "__main__":
+    app()

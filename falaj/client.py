@@ -1,0 +1,133 @@
+"""A small client for a running platform: the broker's event log and the router.
+
+The demo, the CLI and the end-to-end test use it exactly as a user's script
+would, over HTTP with a bearer token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from falaj.errors import FalajError
+from falaj.events import EventType
+
+POLL_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: list[float]
+    version: int
+    variant: str
+
+
+class PlatformClient:
+    def __init__(self, *, broker_url: str, router_url: str, token: str) -> None:
+        self.broker_url = broker_url.rstrip("/")
+        self.router_url = router_url.rstrip("/")
+        self._http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {token}"})
+
+    # -- events ----------------------------------------------------------------
+
+    def events(
+        self, event_type: EventType | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if event_type is not None:
+            params["type"] = str(event_type)
+        response = self._http.get(f"{self.broker_url}/events", params=params)
+        _raise_for(response, "list events")
+        events: list[dict[str, Any]] = response.json()
+        return events
+
+    def wait_for(
+        self,
+        event_type: EventType,
+        *,
+        timeout_s: float,
+        where: Callable[[Mapping[str, Any]], bool] = lambda _: True,
+        failure: EventType | None = None,
+        alive: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the broker's log until an event of ``event_type`` matching ``where`` arrives.
+
+        ``failure`` names an event type that ends the wait with its reason;
+        ``alive`` may raise when a process the wait depends on has died.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in self.events(event_type):
+                if where(event.get("data") or {}):
+                    return event
+            if failure is not None:
+                for event in self.events(failure):
+                    if where(event.get("data") or {}):
+                        raise FalajError(f"{failure}: {event.get('data')}")
+            if alive is not None:
+                alive()
+            if time.monotonic() > deadline:
+                raise FalajError(f"no {event_type} event within {timeout_s:.0f} s")
+            time.sleep(POLL_INTERVAL_S)  # polling the event log, as `kubectl wait` does
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        response = self._http.get(f"{self.broker_url}/dead-letters")
+        _raise_for(response, "list dead letters")
+        letters: list[dict[str, Any]] = response.json()
+        return letters
+
+    # -- inference ---------------------------------------------------------------
+
+    def predict(
+        self, model: str, rows: Sequence[Sequence[float]], feature_count: int | None = None
+    ) -> Prediction:
+        """One V2 (Open Inference Protocol) request with the rows as one FP32 tensor."""
+        width = feature_count or (len(rows[0]) if rows else 0)
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [len(rows), width],
+                    "datatype": "FP32",
+                    "data": [float(v) for row in rows for v in row],
+                }
+            ]
+        }
+        response = self._http.post(f"{self.router_url}/v2/models/{model}/infer", json=body)
+        _raise_for(response, f"predict with {model}")
+        outputs = response.json()["outputs"]
+        return Prediction(
+            probabilities=[float(v) for v in outputs[0]["data"]],
+            version=int(response.headers.get("x-falaj-model-version", "0")),
+            variant=response.headers.get("x-falaj-variant", "stable"),
+        )
+
+    def router_ready(self) -> bool:
+        try:
+            return self._http.get(f"{self.router_url}/v2/health/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PlatformClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    if response.status_code >= 300:
+        raise FalajError(f"cannot {what}: HTTP {response.status_code} {response.text[:300]}")

@@ -1,0 +1,201 @@
+"""The demo story: the whole loop on real components, from a CSV to a canary.
+
+1. A CSV of card transactions (a few rows broken on purpose) lands in the
+   landing folder; the storage source, the broker and the ingest function take
+   it into Feast; bad rows are quarantined with their reasons.
+2. ``data.ingested`` launches a Ray job that trains version 1, exports it to
+   ONNX, signs and encrypts it; the rollout function serves it at 100%.
+3. Normal traffic is predicted and logged; the drift function sees no drift.
+4. Traffic shifts (and new, shifted labelled data lands): drift is detected,
+   retraining makes version 2, which goes out as a 10% canary beside version 1.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from falaj.audit import AuditLog
+from falaj.auth import Role
+from falaj.client import PlatformClient
+from falaj.demo.data import generate_transactions, inference_rows
+from falaj.errors import AuditTampered, FalajError
+from falaj.events import EventType
+from falaj.runtime.platform import LocalPlatform
+from falaj.schema import load_schema
+from falaj.settings import Settings
+
+MODEL = "fraud"
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    rows: int = 4000
+    bad_rows: int = 12
+    seed: int = 7
+    shift: float = 1.0
+    canary_requests: int = 400
+    step_timeout_s: float = 240.0
+
+
+@dataclass
+class DemoReport:
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=dict)
+    observed_split: dict[str, int] = field(default_factory=dict)
+    drift: dict[str, Any] = field(default_factory=dict)
+    ingested: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    audit_actions: dict[str, int] = field(default_factory=dict)
+    audit_verified: bool = False
+    audit_entries: int = 0
+
+
+class DemoStory:
+    def __init__(
+        self, settings: Settings, config: DemoConfig, *, ray_address: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.platform = LocalPlatform(settings, external_ray_address=ray_address)
+        self.report = DemoReport()
+
+    def run(self, step: Step) -> DemoReport:
+        home = self.platform.paths.home
+        if home.exists():
+            shutil.rmtree(home)  # the demo always starts from nothing
+        try:
+            self.platform.up(progress=lambda what: step(f"start {what}"))
+            token = self.platform.user_tokens[Role.PLATFORM_ADMIN]
+            with PlatformClient(
+                broker_url=self.settings.broker_ingress,
+                router_url=f"http://{self.settings.host}:{self.settings.router_port}",
+                token=token,
+            ) as client:
+                self._story(client, step)
+        finally:
+            step("stop the platform")
+            self.platform.down()
+        self._summarise_audit()
+        return self.report
+
+    # -- the story -------------------------------------------------------------
+
+    def _story(self, client: PlatformClient, step: Step) -> None:
+        cfg = self.config
+        schema = load_schema(self.settings)
+        features = list(schema.feature_names)
+        wait = self._waiter(client)
+
+        step(f"land {cfg.rows} transactions ({cfg.bad_rows} broken on purpose)")
+        self._land(
+            "transactions-day1.csv",
+            generate_transactions(cfg.rows, seed=cfg.seed, bad_rows=cfg.bad_rows),
+        )
+        ingested = wait(EventType.DATA_INGESTED, failure=EventType.DATA_REJECTED)
+        self.report.ingested.append(ingested["data"])
+
+        step("train version 1 on Ray (TorchTrainer -> ONNX, signed, encrypted)")
+        wait(
+            EventType.MODEL_REGISTERED,
+            where=lambda d: d.get("version") == 1,
+            failure=EventType.TRAINING_FAILED,
+        )
+        wait(EventType.MODEL_DEPLOYED, where=lambda d: d.get("stable_version") == 1)
+        self._await_router(client)
+
+        step(f"predict {self.settings.drift_window} normal requests (no drift expected)")
+        for row in inference_rows(self.settings.drift_window, seed=cfg.seed + 1, shift=0.0):
+            client.predict(MODEL, [[row[f] for f in features]])
+
+        step("new, shifted labelled data lands; production traffic shifts")
+        self._land(
+            "transactions-day2.csv",
+            generate_transactions(cfg.rows // 2, seed=cfg.seed + 2, shift=cfg.shift),
+        )
+        wait(EventType.DATA_INGESTED, where=lambda d: "day2" in str(d.get("location")))
+        for row in inference_rows(self.settings.drift_window, seed=cfg.seed + 3, shift=cfg.shift):
+            client.predict(MODEL, [[row[f] for f in features]])
+
+        step("drift detected -> retrain version 2 on Ray")
+        drift = wait(EventType.DRIFT_DETECTED)
+        self.report.drift = drift["data"]
+        wait(
+            EventType.MODEL_REGISTERED,
+            where=lambda d: d.get("version") == 2,
+            failure=EventType.TRAINING_FAILED,
+        )
+        deployed = wait(EventType.MODEL_DEPLOYED, where=lambda d: d.get("canary_version") == 2)
+        self.report.split = deployed["data"]
+        self._await_router(client)
+
+        step(f"canary: {cfg.canary_requests} requests split between versions 1 and 2")
+        observed: Counter[str] = Counter()
+        for row in inference_rows(cfg.canary_requests, seed=cfg.seed + 4, shift=cfg.shift):
+            prediction = client.predict(MODEL, [[row[f] for f in features]])
+            observed[f"v{prediction.version} ({prediction.variant})"] += 1
+        self.report.observed_split = dict(observed)
+        self.report.versions = [e["data"] for e in client.events(EventType.MODEL_REGISTERED)]
+        self.report.quarantine = self._quarantined()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _waiter(self, client: PlatformClient) -> Callable[..., dict[str, Any]]:
+        def alive() -> None:
+            dead = [name for name, ok in self.platform.alive().items() if not ok]
+            if dead:
+                tails = "\n".join(
+                    f"--- {p.name}\n{p.tail()}" for p in self.platform.processes if p.name in dead
+                )
+                raise FalajError(f"platform processes died: {', '.join(dead)}\n{tails}")
+
+        def wait(event_type: EventType, **kwargs: Any) -> dict[str, Any]:
+            return client.wait_for(
+                event_type, timeout_s=self.config.step_timeout_s, alive=alive, **kwargs
+            )
+
+        return wait
+
+    def _await_router(self, client: PlatformClient) -> None:
+        import time
+
+        deadline = time.monotonic() + self.config.step_timeout_s
+        while not client.router_ready():
+            if time.monotonic() > deadline:
+                raise FalajError("the router did not become ready (see .falaj/logs/router.log)")
+            time.sleep(0.25)  # polling a readiness endpoint
+
+    def _land(self, name: str, frame: Any) -> None:
+        landing = self.platform.paths.landing
+        partial = landing / f".{name}.part"
+        frame.to_csv(partial, index=False)
+        partial.rename(landing / name)  # the source only sees complete files
+
+    def _quarantined(self) -> list[dict[str, Any]]:
+        import json
+
+        rows: list[dict[str, Any]] = []
+        for path in sorted(self.platform.paths.quarantine.glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    rows.append(json.loads(line))
+        return rows
+
+    def _summarise_audit(self) -> None:
+        audit = AuditLog(self.platform.paths.audit)
+        actions: Counter[str] = Counter(entry["action"] for entry in audit.entries())
+        self.report.audit_actions = dict(sorted(actions.items()))
+        try:
+            self.report.audit_entries = audit.verify().entries
+            self.report.audit_verified = True
+        except AuditTampered:
+            self.report.audit_verified = False
+
+
+def demo_home(base: Path) -> Path:
+    return base / ".falaj" / "demo"

@@ -1,0 +1,105 @@
+"""The demo story end to end: `falaj demo` as a user runs it, in a temp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from falaj.runtime.processes import free_port, port_open
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+
+BAD_ROWS = 12  # DemoConfig.bad_rows
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, ray_head: str) -> dict[str, object]:
+    workdir = tmp_path_factory.mktemp("demo")
+    ports = {
+        "FALAJ_BROKER_PORT": free_port(),
+        "FALAJ_ROUTER_PORT": free_port(),
+        "FALAJ_GRPC_PORT": free_port(),
+        "FALAJ_CONTROL_PORT": free_port(),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
+    env.update({k: str(v) for k, v in ports.items()})
+    env["FALAJ_RAY_ADDRESS"] = ray_head
+    env["COLUMNS"] = "200"
+    falaj = Path(sys.executable).with_name("falaj")
+    completed = subprocess.run(
+        [str(falaj), "demo", "--rows", "3000", "--json"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    report = json.loads(completed.stdout[completed.stdout.index("{\n") :])
+    return {"report": report, "ports": ports, "home": workdir / ".falaj" / "demo"}
+
+
+def test_two_versions_were_trained_and_registered(demo_run: dict) -> None:
+    versions = demo_run["report"]["versions"]
+    assert [v["version"] for v in versions] == [1, 2]
+    for version in versions:
+        assert version["metrics"]["auc"] > 0.8
+        assert len(version["digest"]) == 64
+
+
+def test_version_two_is_a_ten_percent_canary(demo_run: dict) -> None:
+    report = demo_run["report"]
+    assert report["split"] == {
+        "model": "fraud",
+        "stable_version": 1,
+        "canary_version": 2,
+        "canary_percent": 10,
+    }
+    observed = report["observed_split"]
+    total = sum(observed.values())
+    canary = observed.get("v2 (canary)", 0)
+    # 400 requests at p=0.1: mean 40, sd 6; 4 sd either side.
+    assert 15 <= canary <= 65, observed
+    assert canary + observed.get("v1 (stable)", 0) == total
+
+
+def test_drift_named_the_shifted_features(demo_run: dict) -> None:
+    drift = demo_run["report"]["drift"]
+    assert drift["statistic"] == "psi"
+    assert drift["version"] == 1
+    assert {"amount", "distance_km"} & set(drift["drifted_features"])
+    assert all(drift["scores"][f] > drift["threshold"] for f in drift["drifted_features"])
+
+
+def test_bad_rows_were_quarantined_with_reasons(demo_run: dict) -> None:
+    report = demo_run["report"]
+    first = report["ingested"][0]
+    assert first["rows_quarantined"] == BAD_ROWS
+    assert first["rows_ingested"] == first["rows_total"] - BAD_ROWS
+    assert len(report["quarantine"]) == BAD_ROWS
+    assert all(row["reasons"] for row in report["quarantine"])
+
+
+def test_every_lifecycle_step_was_audited_and_the_chain_verifies(demo_run: dict) -> None:
+    report = demo_run["report"]
+    assert report["audit_verified"] is True
+    actions = report["audit_actions"]
+    for action in (
+        "data.ingested",
+        "training.launched",
+        "model.registered",
+        "model.deployed",
+        "drift.detected",
+    ):
+        assert actions.get(action, 0) >= 1, actions
+
+
+def test_nothing_is_left_running(demo_run: dict) -> None:
+    for port in demo_run["ports"].values():
+        assert not port_open("127.0.0.1", int(port))
+    assert not (demo_run["home"] / "run" / "platform.json").exists()
