@@ -64,7 +64,8 @@ def up(home: HomeOption = None) -> None:
     from falaj.runtime.platform import LocalPlatform
 
     settings = _settings(home)
-    platform = LocalPlatform(settings)
+    # FALAJ_RAY_ADDRESS points at a Ray head that is already running.
+    platform = LocalPlatform(settings, external_ray_address=settings.ray_address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
