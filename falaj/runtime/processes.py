@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +43,10 @@ class ManagedProcess:
     env: Mapping[str, str]
     log_path: Path
     cwd: Path | None = None
+    #: How long SIGTERM is given before SIGKILL.
+    grace_s: float = 15.0
+    #: Folders the process leaves behind that go when it stops.
+    cleanup: tuple[Path, ...] = ()
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -82,21 +87,19 @@ class ManagedProcess:
             + self.tail()
         )
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM the process group, then SIGKILL what is left."""
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=timeout_s)
-        # The leader may be gone while children linger in its group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        if self.popen.poll() is None:
-            self.popen.wait(timeout=timeout_s)
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after the grace period."""
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(timeout=self.grace_s)
+            # The leader may be gone while children linger in its group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+        for folder in self.cleanup:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def tail(self, lines: int = 20) -> str:
         if not self.log_path.exists():

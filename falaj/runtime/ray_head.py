@@ -37,6 +37,7 @@ def ray_env(base: dict[str, str] | None = None) -> dict[str, str]:
 def start_ray_head(config: RayHeadConfig, env: dict[str, str] | None = None) -> ManagedProcess:
     ray_bin = Path(sys.executable).with_name("ray")
     gcs_port = config.gcs_port or free_port(config.host)
+    temp_dir = _short_temp_dir(config.dashboard_port)
     argv = [
         str(ray_bin),
         "start",
@@ -49,10 +50,17 @@ def start_ray_head(config: RayHeadConfig, env: dict[str, str] | None = None) -> 
         f"--dashboard-host={config.host}",
         f"--dashboard-port={config.dashboard_port}",
         "--disable-usage-stats",
-        f"--temp-dir={_short_temp_dir()}",
+        f"--temp-dir={temp_dir}",
     ]
     process = ManagedProcess(
-        name="ray-head", argv=argv, env=ray_env(env), log_path=config.log_dir / "ray-head.log"
+        name="ray-head",
+        argv=argv,
+        env=ray_env(env),
+        log_path=config.log_dir / "ray-head.log",
+        # `ray start --block` takes 30 s and more to act on SIGTERM; its children
+        # (GCS, raylet, dashboard) share its process group and die with SIGKILL.
+        grace_s=2.0,
+        cleanup=(Path(temp_dir),),
     ).start()
     process.wait_ready(
         ReadyCheck(config.host, config.dashboard_port, "/api/version"), timeout_s=120.0
@@ -60,6 +68,6 @@ def start_ray_head(config: RayHeadConfig, env: dict[str, str] | None = None) -> 
     return process
 
 
-def _short_temp_dir() -> str:
+def _short_temp_dir(port: int) -> str:
     # Ray's socket paths must stay under 107 bytes, so never nest it in a deep tmp dir.
-    return f"/tmp/ray-falaj-{os.getuid()}-{os.getpid()}"
+    return f"/tmp/ray-falaj-{os.getuid()}-{port}"
