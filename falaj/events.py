@@ -143,14 +143,14 @@ class DriftDetected(EventData):
 
 @dataclass(frozen=True)
 class EventSpec:
-    type: EventType
+    event_type: EventType
     source: str
     data_model: type[EventData]
     description: str
 
 
 CATALOG: Mapping[EventType, EventSpec] = {
-    spec.type: spec
+    spec.event_type: spec
     for spec in (
         EventSpec(
             EventType.OBJECT_FINALIZED,
@@ -269,7 +269,7 @@ def parse_event(event: CloudEvent, policy: ResidencyPolicy) -> ParsedEvent:
     problems: list[str] = []
     raw_type = event.get("type")
     try:
-        event_type = EventType(raw_type)
+        event_type = EventType(str(raw_type))
     except ValueError:
         raise EventError(
             f"unknown event type {raw_type!r}; expected one of the catalog's types "
@@ -314,10 +314,10 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     schemas: dict[str, dict[str, Any]] = {}
     for spec in CATALOG.values():
         schema = spec.data_model.model_json_schema()
-        schema["$id"] = f"https://falaj.dev/schemas/{spec.type}.json"
+        schema["$id"] = f"https://falaj.dev/schemas/{spec.event_type}.json"
         schema["description"] = spec.description
-        schema["x-cloudevents"] = {"type": str(spec.type), "source": spec.source}
-        schemas[str(spec.type)] = schema
+        schema["x-cloudevents"] = {"type": str(spec.event_type), "source": spec.source}
+        schemas[str(spec.event_type)] = schema
     return schemas
 
 
