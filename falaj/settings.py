@@ -56,7 +56,9 @@ class Settings(BaseModel):
         default=None, description="a file holding the bearer token (a mounted Secret)"
     )
     canary_percent: int = Field(default=10, ge=0, le=100, description="traffic to a new version")
-    drift_window: int = Field(default=200, ge=10, description="inference events per drift window")
+    drift_window: int = Field(
+        default=200, ge=50, description="inference rows per drift window (PSI noise ~ 9/n)"
+    )
     drift_psi_threshold: float = Field(default=0.2, gt=0, description="PSI that counts as drift")
     drift_cooldown_s: float = Field(default=60.0, ge=0, description="quiet time after an alert")
     training_workers: int = Field(default=2, ge=1, description="Ray Train workers per job")

@@ -1,0 +1,335 @@
+"""The drift function: windows per version, PSI against the stored profile, alert cool-down."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import queue
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from cloudevents.conversion import to_binary
+from onnx import TensorProto, helper
+
+from falaj.auth import Role
+from falaj.context import Context
+from falaj.errors import EventError, RegistryError, SignatureInvalid
+from falaj.events import (
+    DriftDetected,
+    EventData,
+    EventType,
+    InferenceLogged,
+    ParsedEvent,
+    make_event,
+    parse_event,
+)
+from falaj.profile import PREDICTION, ReferenceProfile
+from falaj.registry import ModelRegistry
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from falaj.settings import PROJECT_ROOT, Settings
+from functions.drift import DriftStore
+from functions.drift.function import DriftFunction
+
+WINDOW = 400
+BATCH = 100
+
+
+def tiny_onnx() -> bytes:
+    """A logistic regression over (amount, hour)."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 1], [0.5, -0.25])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Sigmoid", ["z"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def training_columns(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
+    return {"amount": rng.normal(100.0, 10.0, rows), "hour": rng.uniform(0.0, 24.0, rows)}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / ".falaj", drift_window=WINDOW, drift_cooldown_s=60.0)
+
+
+@pytest.fixture
+def registered(ctx: Context) -> int:
+    rng = np.random.default_rng(0)
+    profile = ReferenceProfile.from_columns(
+        training_columns(rng, 2000), predictions=rng.uniform(0.0, 0.2, 2000)
+    )
+    entry = ModelRegistry(ctx).register(
+        "fraud",
+        onnx_bytes=tiny_onnx(),
+        profile=profile,
+        metrics={"auc": 0.9},
+        lineage={"training_job_id": "job-1"},
+        feature_names=("amount", "hour"),
+    )
+    return entry.version
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CapturingDrift(DriftFunction):
+    """The real function, with what it emits kept instead of sent to a broker."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self.emitted: list[tuple[EventType, EventData]] = []
+
+    def emit(self, event_type: EventType, data: EventData, *, subject: str | None = None) -> None:
+        self.emitted.append((event_type, data))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def drift(ctx: Context, registered: int, clock: Clock) -> Iterator[CapturingDrift]:
+    function = CapturingDrift(clock)
+    function.start(ctx)
+    yield function
+    function.stop()
+
+
+def logged(ctx: Context, inputs: dict[str, np.ndarray], *, version: int = 1) -> ParsedEvent:
+    rows = len(next(iter(inputs.values())))
+    data = InferenceLogged(
+        inference_id=str(uuid.uuid4()),
+        model="fraud",
+        version=version,
+        variant="stable",
+        inputs={name: [float(v) for v in values] for name, values in inputs.items()},
+        outputs=[0.1] * rows,
+    )
+    event = make_event(EventType.INFERENCE_LOGGED, data, region=ctx.settings.region)
+    return parse_event(event, ctx.policy)
+
+
+def feed(function: DriftFunction, ctx: Context, rng: np.random.Generator, *, shift: float) -> None:
+    """One window's worth of batches; ``shift`` moves the amount distribution."""
+    for _ in range(WINDOW // BATCH):
+        columns = training_columns(rng, BATCH)
+        columns["amount"] = columns["amount"] + shift
+        function.handle(logged(ctx, columns))
+
+
+def drift_audits(ctx: Context) -> list[dict[str, object]]:
+    return [e for e in ctx.audit.entries() if e["action"] == "drift.detected"]
+
+
+def test_window_fills_then_scores_without_alert_when_stable(
+    drift: CapturingDrift, ctx: Context
+) -> None:
+    rng = np.random.default_rng(1)
+    store = DriftStore(ctx)
+    for filled in range(1, WINDOW // BATCH):
+        drift.handle(logged(ctx, training_columns(rng, BATCH)))
+        assert store.window_size("fraud", 1) == filled * BATCH
+        assert store.scores("fraud") == []
+    drift.handle(logged(ctx, training_columns(rng, BATCH)))
+
+    scores = store.scores("fraud")
+    assert {s.feature for s in scores} == {"amount", "hour", PREDICTION}
+    assert all(s.window_rows == WINDOW and s.version == 1 for s in scores)
+    assert store.window_size("fraud", 1) == 0
+    assert all(
+        s.score < ctx.settings.drift_psi_threshold for s in scores if s.feature != PREDICTION
+    )
+    assert drift.emitted == []
+    assert drift_audits(ctx) == []
+
+
+def test_drift_is_announced_once_per_cooldown(
+    drift: CapturingDrift, ctx: Context, clock: Clock
+) -> None:
+    rng = np.random.default_rng(2)
+    feed(drift, ctx, rng, shift=40.0)
+    assert len(drift.emitted) == 1
+    event_type, data = drift.emitted[0]
+    assert event_type == EventType.DRIFT_DETECTED
+    assert isinstance(data, DriftDetected)
+    assert data.statistic == "psi"
+    assert data.threshold == ctx.settings.drift_psi_threshold
+    assert data.drifted_features == ["amount"]
+    assert data.scores["amount"] > data.threshold
+    assert data.window_size == WINDOW
+    assert (data.model, data.version) == ("fraud", 1)
+
+    clock.now += 30.0  # inside the cool-down: scored, stored, not announced again
+    feed(drift, ctx, rng, shift=40.0)
+    assert len(drift.emitted) == 1
+    windows = {s.window_end for s in DriftStore(ctx).scores("fraud")}
+    assert len(windows) == 2
+
+    clock.now += 31.0  # past the cool-down
+    feed(drift, ctx, rng, shift=40.0)
+    assert len(drift.emitted) == 2
+    audits = drift_audits(ctx)
+    assert len(audits) == 2
+    assert audits[0]["resource"] == "model/fraud/1"
+    assert audits[0]["actor"] == "test"
+
+
+def test_window_and_cooldown_survive_a_restart(ctx: Context, registered: int, clock: Clock) -> None:
+    rng = np.random.default_rng(3)
+    first = CapturingDrift(clock)
+    first.start(ctx)
+    feed(first, ctx, rng, shift=40.0)
+    assert len(first.emitted) == 1
+    first.handle(logged(ctx, training_columns(rng, BATCH)))
+    first.stop()
+
+    second = CapturingDrift(clock)
+    second.start(ctx)
+    assert DriftStore(ctx).window_size("fraud", 1) == BATCH
+    clock.now += 1.0
+    feed(second, ctx, rng, shift=40.0)  # closes the window the first instance began
+    second.stop()
+    assert len(DriftStore(ctx).scores("fraud")) == 6
+    assert second.emitted == []  # the cool-down outlived the restart
+
+
+def test_a_redelivered_event_is_counted_once(drift: CapturingDrift, ctx: Context) -> None:
+    event = logged(ctx, training_columns(np.random.default_rng(4), BATCH))
+    drift.handle(event)
+    drift.handle(event)
+    assert DriftStore(ctx).window_size("fraud", 1) == BATCH
+
+
+def test_profile_is_verified_once_and_reused(drift: CapturingDrift, ctx: Context) -> None:
+    rng = np.random.default_rng(5)
+    drift.handle(logged(ctx, training_columns(rng, BATCH)))
+    # Tampering after the profile was verified and cached does not change the
+    # reference mid-stream; a fresh instance refuses the tampered version.
+    metadata = ctx.paths.registry / "fraud" / "1" / "metadata.json"
+    metadata.write_text(metadata.read_text().replace('"auc": 0.9', '"auc": 0.99'))
+    drift.handle(logged(ctx, training_columns(rng, BATCH)))
+    assert DriftStore(ctx).window_size("fraud", 1) == 2 * BATCH
+    fresh = CapturingDrift(Clock())
+    fresh.start(ctx)
+    with pytest.raises(SignatureInvalid, match="signature check"):
+        fresh.handle(logged(ctx, training_columns(rng, BATCH)))
+    fresh.stop()
+    assert DriftStore(ctx).window_size("fraud", 1) == 2 * BATCH
+
+
+def test_unknown_version_is_refused_before_anything_is_stored(
+    drift: CapturingDrift, ctx: Context
+) -> None:
+    with pytest.raises(RegistryError, match="known versions: 1"):
+        drift.handle(logged(ctx, training_columns(np.random.default_rng(6), BATCH), version=9))
+    assert DriftStore(ctx).window_size("fraud", 9) == 0
+
+
+def test_ragged_batch_is_refused(drift: CapturingDrift, ctx: Context) -> None:
+    with pytest.raises(EventError, match="equal-length"):
+        drift.handle(logged(ctx, {"amount": np.ones(3), "hour": np.ones(2)}))
+    assert DriftStore(ctx).window_size("fraud", 1) == 0
+
+
+@dataclass
+class Receiver:
+    """A stand-in broker ingress that keeps every CloudEvent posted to it."""
+
+    port: int
+    received: queue.Queue[tuple[str, dict[str, object]]]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    received: queue.Queue[tuple[str, dict[str, object]]] = queue.Queue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.put((self.headers["ce-type"], json.loads(body)))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Receiver(port=server.server_address[1], received=received)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_served_by_functions_framework_emits_to_the_broker(
+    ctx: Context, registered: int, receiver: Receiver, tmp_path: Path
+) -> None:
+    token = ctx.tokens.issue("drift-test", Role.SERVICE)
+    served = ctx.settings.model_copy(update={"broker_port": receiver.port, "token": token})
+    port = free_port()
+    process = ManagedProcess(
+        name="drift",
+        argv=[
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--source",
+            str(PROJECT_ROOT / "functions" / "drift" / "main.py"),
+            "--target",
+            "handle",
+            "--signature-type",
+            "cloudevent",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), **served.to_env()},
+        log_path=tmp_path / "drift.log",
+        cwd=PROJECT_ROOT,
+    ).start()
+    try:
+        process.wait_ready(ReadyCheck("127.0.0.1", port), timeout_s=60)
+        rng = np.random.default_rng(7)
+        with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+            for _ in range(WINDOW // BATCH):
+                columns = training_columns(rng, BATCH)
+                columns["amount"] = columns["amount"] + 40.0
+                event = logged(ctx, columns).event
+                headers, body = to_binary(event)
+                response = client.post(f"http://127.0.0.1:{port}/", headers=headers, content=body)
+                assert response.status_code == 200, response.text
+            ragged = logged(ctx, {"amount": np.ones(2), "hour": np.ones(1)}).event
+            headers, body = to_binary(ragged)
+            refused = client.post(f"http://127.0.0.1:{port}/", headers=headers, content=body)
+            assert refused.status_code == 400
+            assert "equal-length" in refused.json()["error"]
+        event_type, data = receiver.received.get(timeout=30)
+        assert event_type == EventType.DRIFT_DETECTED
+        assert data["drifted_features"] == ["amount"]
+        assert receiver.received.empty()
+    finally:
+        process.stop()
+    assert not process.alive()
