@@ -1,0 +1,212 @@
+"""manifests/base and its rendered local overlay, checked like a cluster would check them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from falaj.events import EventType
+from falaj.manifest_schemas import SchemaStore
+from tests.manifests.conftest import BASE
+
+REGION_SELECTOR = {"topology.kubernetes.io/region": "me-central-1"}
+
+
+def _name(doc: Mapping[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def _by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def test_every_base_document_validates_strictly(
+    schema_store: SchemaStore, base_docs: list[dict[str, Any]]
+) -> None:
+    problems = [line for doc in base_docs for line in schema_store.validate(doc, strict=True)]
+    assert problems == []
+    assert len(base_docs) >= 20
+
+
+def test_every_rendered_local_document_validates_strictly(
+    schema_store: SchemaStore, local_docs: list[dict[str, Any]], base_docs: list[dict[str, Any]]
+) -> None:
+    problems = [line for doc in local_docs for line in schema_store.validate(doc, strict=True)]
+    assert problems == []
+    assert sorted(map(_name, local_docs)) == sorted(map(_name, base_docs))
+    # kustomize put everything namespaced into the falaj namespace.
+    namespaced = [doc for doc in local_docs if doc["kind"] != "Namespace"]
+    assert {doc["metadata"].get("namespace") for doc in namespaced} == {"falaj"}
+
+
+def _misspell(doc: dict[str, Any], path: tuple[str | int, ...], wrong: str) -> dict[str, Any]:
+    bad = copy.deepcopy(doc)
+    parent: Any = bad
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[wrong] = parent.pop(path[-1])
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "wrong", "where"),
+    [
+        (
+            "InferenceService",
+            ("spec", "predictor", "canaryTrafficPercent"),
+            "canaryTraficPercent",
+            "spec.predictor",
+        ),
+        (
+            "Service",
+            ("spec", "template", "spec", "containers", 0, "image"),
+            "imagee",
+            "spec.template.spec.containers[0]",
+        ),
+        (
+            "RayJob",
+            ("spec", "rayClusterSpec", "workerGroupSpecs", 0, "replicas"),
+            "replica",
+            "spec.rayClusterSpec.workerGroupSpecs[0]",
+        ),
+        ("ContainerSource", ("spec", "sink"), "snk", "spec"),
+        ("ConfigMap", ("data",), "dat", "(root)"),
+    ],
+)
+def test_a_misspelt_field_fails_only_in_strict_mode(
+    schema_store: SchemaStore,
+    local_docs: list[dict[str, Any]],
+    kind: str,
+    path: tuple[str | int, ...],
+    wrong: str,
+    where: str,
+) -> None:
+    bad = _misspell(_by_kind(local_docs, kind)[0], path, wrong)
+
+    problems = schema_store.validate(bad, strict=True)
+
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{_name(bad)}: {where}: ")
+    assert repr(wrong) in problems[0]
+    if kind != "ConfigMap":  # the CRD's own (structural) schema lets the typo through
+        assert schema_store.validate(bad, strict=False) == []
+
+
+def test_a_wrong_type_fails_with_its_path(
+    schema_store: SchemaStore, local_docs: list[dict[str, Any]]
+) -> None:
+    trigger = copy.deepcopy(_by_kind(local_docs, "Trigger")[0])
+    trigger["spec"]["filter"] = "type=dev.falaj.data.ingested"
+
+    problems = schema_store.validate(trigger)
+
+    assert problems == [
+        f"{_name(trigger)}: spec.filter: 'type=dev.falaj.data.ingested' is not of type 'object'"
+    ]
+
+
+def _pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    for doc in docs:
+        spec = doc.get("spec", {})
+        match doc["kind"]:
+            case "Service" | "ContainerSource":
+                yield _name(doc), spec["template"]["spec"]
+            case "InferenceService":
+                yield _name(doc), spec["predictor"]
+            case "ServingRuntime":
+                yield _name(doc), spec
+            case "RayJob":
+                cluster = spec["rayClusterSpec"]
+                yield f"{_name(doc)} head", cluster["headGroupSpec"]["template"]["spec"]
+                for group in cluster["workerGroupSpecs"]:
+                    yield f"{_name(doc)} {group['groupName']}", group["template"]["spec"]
+
+
+def _holders_of_containers(node: Any, path: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    if isinstance(node, Mapping):
+        if "containers" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from _holders_of_containers(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _holders_of_containers(value, f"{path}[{index}]")
+
+
+def test_every_pod_runs_on_the_in_region_node_pool(local_docs: list[dict[str, Any]]) -> None:
+    pods = dict(_pod_specs(local_docs))
+    assert {name.split("/")[0] for name in pods} == {
+        "Service",
+        "ContainerSource",
+        "InferenceService",
+        "ServingRuntime",
+        "RayJob",
+    }
+    off_region = [name for name, pod in pods.items() if pod.get("nodeSelector") != REGION_SELECTOR]
+    assert off_region == []
+    # No pod template hides anywhere else: whatever lists containers is pinned too.
+    for doc in local_docs:
+        for path, holder in _holders_of_containers(doc):
+            assert holder.get("nodeSelector") == REGION_SELECTOR, f"{_name(doc)}{path}"
+
+
+def test_every_container_runs_as_non_root(local_docs: list[dict[str, Any]]) -> None:
+    for doc in local_docs:
+        for path, holder in _holders_of_containers(doc):
+            pod_non_root = holder.get("securityContext", {}).get("runAsNonRoot") is True
+            for container in holder["containers"]:
+                context = container.get("securityContext", {})
+                where = f"{_name(doc)}{path} {container['name']}"
+                assert pod_non_root or context.get("runAsNonRoot") is True, where
+                assert context.get("allowPrivilegeEscalation") is False, where
+                assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+
+
+def test_every_trigger_filters_on_a_catalog_event_type(local_docs: list[dict[str, Any]]) -> None:
+    triggers = _by_kind(local_docs, "Trigger")
+    types = [trigger["spec"]["filter"]["attributes"]["type"] for trigger in triggers]
+    assert len(types) == 6
+    assert set(types) <= set(EventType)
+
+
+def test_functions_scale_to_zero_and_read_wiring_from_config(
+    local_docs: list[dict[str, Any]],
+) -> None:
+    config = _by_kind(local_docs, "ConfigMap")[0]
+    services = _by_kind(local_docs, "Service")
+    assert {_name(s) for s in services} == {
+        "Service/ingest",
+        "Service/training-launcher",
+        "Service/rollout",
+        "Service/drift",
+    }
+    for service in services:
+        template = service["spec"]["template"]
+        assert template["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "0"
+        (container,) = template["spec"]["containers"]
+        refs = {
+            entry["name"]: entry["valueFrom"]["configMapKeyRef"]
+            for entry in container["env"]
+            if "valueFrom" in entry
+        }
+        for name in ("FALAJ_REGION", "FALAJ_BROKER_URL", "FALAJ_TOKEN_FILE"):
+            assert refs[name] == {"name": config["metadata"]["name"], "key": name}
+            assert name in config["data"]
+        # The token file lies in the mounted Secret.
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        secrets = {v["name"] for v in template["spec"]["volumes"] if "secret" in v}
+        token_dir = config["data"]["FALAJ_TOKEN_FILE"].rsplit("/", 1)[0]
+        assert any(mounts.get(name) == token_dir for name in secrets)
+
+
+def test_base_kustomization_lists_every_manifest_file() -> None:
+    listed = set(
+        line.strip()[2:]
+        for line in (BASE / "kustomization.yaml").read_text().splitlines()
+        if line.strip().startswith("- ") and line.strip().endswith(".yaml")
+    )
+    on_disk = {path.name for path in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
