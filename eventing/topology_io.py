@@ -1,135 +1,32 @@
-"""The files through which the local runtime hands the broker its wiring.
+"""Subscriber URLs for the local broker, kept in step with the endpoints file.
 
-``falaj up`` reads the manifests, then writes two files the broker reads:
-
-* the topology, ``{"brokers": [...], "triggers": [...]}``: each entry is
-  ``dataclasses.asdict`` of a ``falaj.topology.BrokerSpec`` / ``TriggerSpec``;
-* the endpoints, ``{service_name: url}``: where each Knative Service runs now.
-
-Both sides use these functions, so the runtime writes exactly what the broker reads.
+The file formats live in ``falaj.topology_files``: ``falaj up`` writes them and
+the broker reads them with the same functions.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from falaj.errors import ManifestError
-from falaj.topology import BackoffPolicy, BrokerSpec, DeliverySpec, TriggerSpec
+from falaj.topology_files import (
+    EventingTopology,
+    dump_endpoints,
+    dump_topology,
+    load_endpoints,
+    load_topology_file,
+)
 
-
-@dataclass(frozen=True)
-class EventingTopology:
-    brokers: Mapping[str, BrokerSpec]
-    triggers: tuple[TriggerSpec, ...]
-
-    def triggers_of(self, broker: str) -> tuple[TriggerSpec, ...]:
-        return tuple(t for t in self.triggers if t.broker == broker)
-
-    def delivery_for(self, trigger: TriggerSpec) -> DeliverySpec:
-        """The Trigger's own delivery, else its Broker's (Knative's precedence)."""
-        if trigger.delivery is not None:
-            return trigger.delivery
-        broker = self.brokers.get(trigger.broker)
-        return broker.delivery if broker is not None else DeliverySpec()
-
-
-def _plain(value: Any) -> Any:
-    """``dataclasses.asdict``, but also for mapping fields that are not plain dicts."""
-    if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    # Write then rename: the broker may re-read the file at any moment.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def dump_topology(
-    brokers: Iterable[BrokerSpec], triggers: Iterable[TriggerSpec], path: Path
-) -> None:
-    _write_json(
-        path,
-        {"brokers": [_plain(b) for b in brokers], "triggers": [_plain(t) for t in triggers]},
-    )
-
-
-def _delivery(raw: Any, where: str) -> DeliverySpec:
-    if not isinstance(raw, Mapping):
-        raise ManifestError(f"{where}.delivery: expected an object, got {type(raw).__name__}")
-    values = dict(raw)
-    if "backoff_policy" in values:
-        try:
-            values["backoff_policy"] = BackoffPolicy(values["backoff_policy"])
-        except ValueError:
-            raise ManifestError(
-                f"{where}.delivery.backoff_policy: expected one of "
-                f"{', '.join(BackoffPolicy)}, got {values['backoff_policy']!r}"
-            ) from None
-    return DeliverySpec(**values)
-
-
-def _build(kind: type[Any], raw: Any, where: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ManifestError(f"{where}: expected an object, got {type(raw).__name__}")
-    values = dict(raw)
-    if values.get("delivery") is not None:
-        values["delivery"] = _delivery(values["delivery"], where)
-    try:
-        return kind(**values)
-    except TypeError as exc:
-        raise ManifestError(
-            f"{where}: does not fit {kind.__name__} ({exc}); regenerate the file with "
-            "eventing.topology_io.dump_topology"
-        ) from None
-
-
-def load_topology_file(path: Path) -> EventingTopology:
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise ManifestError(f"cannot read the topology file {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ManifestError(f"the topology file {path} is not JSON: {exc}") from None
-    if not isinstance(raw, Mapping):
-        raise ManifestError(f"{path}: expected {{'brokers': [...], 'triggers': [...]}}")
-    brokers = [
-        _build(BrokerSpec, b, f"{path}: brokers[{i}]") for i, b in enumerate(raw.get("brokers", []))
-    ]
-    triggers = [
-        _build(TriggerSpec, t, f"{path}: triggers[{i}]")
-        for i, t in enumerate(raw.get("triggers", []))
-    ]
-    return EventingTopology(brokers={b.name: b for b in brokers}, triggers=tuple(triggers))
-
-
-def dump_endpoints(endpoints: Mapping[str, str], path: Path) -> None:
-    _write_json(path, dict(endpoints))
-
-
-def load_endpoints(path: Path) -> dict[str, str]:
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise ManifestError(f"cannot read the endpoints file {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ManifestError(f"the endpoints file {path} is not JSON: {exc}") from None
-    if not isinstance(raw, Mapping) or not all(isinstance(v, str) for v in raw.values()):
-        raise ManifestError(f"{path}: expected {{service_name: url}}, got {type(raw).__name__}")
-    return {str(k): v for k, v in raw.items()}
+__all__ = [
+    "Endpoints",
+    "EventingTopology",
+    "dump_endpoints",
+    "dump_topology",
+    "load_endpoints",
+    "load_topology_file",
+]
 
 
 class Endpoints:

@@ -13,7 +13,6 @@ Processes are started in dependency order and stopped in reverse, by PID.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port, port_
 from falaj.runtime.ray_head import RayHeadConfig, ray_env, start_ray_head
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.topology import Topology
+from falaj.topology_files import dump_endpoints, dump_topology
 
 #: Paths inside the container images, and where they live on one machine.
 CONTAINER_LANDING = "/data/landing"
@@ -189,18 +189,9 @@ class LocalPlatform:
     ) -> None:
         progress(f"broker (CloudEvents ingress on :{self.settings.broker_port})")
         topology_file = self.paths.run / "topology.json"
-        topology_file.write_text(
-            json.dumps(
-                {
-                    "brokers": [dataclasses.asdict(b) for b in topology.brokers.values()],
-                    "triggers": [dataclasses.asdict(t) for t in topology.triggers],
-                },
-                indent=1,
-                default=str,
-            )
-        )
+        dump_topology(topology.brokers.values(), topology.triggers, topology_file)
         endpoints_file = self.paths.run / "endpoints.json"
-        endpoints_file.write_text(json.dumps(dict(endpoints), indent=1))
+        dump_endpoints(endpoints, endpoints_file)
         self._spawn(
             "broker",
             [
