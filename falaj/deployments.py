@@ -1,0 +1,151 @@
+"""The traffic state of every served model: the local InferenceService.
+
+On a cluster the rollout function edits an InferenceService (the stable model
+version, and a canary version with ``canaryTrafficPercent``); locally it writes
+the same facts here, and the inference router reconciles its predictor
+processes from them. One SQLite file (WAL) under ``<home>/serving`` is shared by
+the writer and the router; a generation counter bumped in the same transaction
+as every change lets the router notice an update with one cheap read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+
+from falaj.context import Context
+from falaj.errors import ConfigError
+
+DB_FILE = "deployments.db"
+
+
+@dataclass(frozen=True)
+class TrafficSplit:
+    """Which model versions serve ``model``, and the share the canary version gets."""
+
+    model: str
+    stable_version: int
+    canary_version: int | None = None
+    canary_percent: int = 0
+    updated: str = ""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.stable_version < 1:
+            problems.append(f"stable_version: expected >= 1, got {self.stable_version}")
+        if self.canary_version is not None and self.canary_version == self.stable_version:
+            problems.append(
+                f"canary_version: expected a version other than the stable "
+                f"{self.stable_version}, got the same"
+            )
+        if not 0 <= self.canary_percent <= 100:
+            problems.append(f"canary_percent: expected 0..100, got {self.canary_percent}")
+        if self.canary_version is None and self.canary_percent != 0:
+            problems.append(
+                f"canary_percent: expected 0 without a canary version, got {self.canary_percent}"
+            )
+        if problems:
+            raise ConfigError(f"invalid traffic split of {self.model!r}: " + "; ".join(problems))
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The model versions this split serves, stable first."""
+        if self.canary_version is None:
+            return (self.stable_version,)
+        return (self.stable_version, self.canary_version)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class DeploymentStore:
+    """Traffic splits by model, in ``<home>/serving/deployments.db``."""
+
+    def __init__(self, ctx: Context) -> None:
+        directory = ctx.paths.serving
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / DB_FILE
+        # Autocommit; every write is its own explicit transaction below. The
+        # router reads from another thread than the one that opened the store.
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS splits ("
+            " model TEXT PRIMARY KEY, stable_version INTEGER NOT NULL,"
+            " canary_version INTEGER, canary_percent INTEGER NOT NULL, updated TEXT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 0),"
+            " value INTEGER NOT NULL)"
+        )
+        self._db.execute("INSERT OR IGNORE INTO generation VALUES (0, 0)")
+
+    def get(self, model: str) -> TrafficSplit | None:
+        row = self._db.execute(
+            "SELECT model, stable_version, canary_version, canary_percent, updated"
+            " FROM splits WHERE model = ?",
+            (model,),
+        ).fetchone()
+        return _split(row) if row else None
+
+    def all(self) -> list[TrafficSplit]:
+        rows = self._db.execute(
+            "SELECT model, stable_version, canary_version, canary_percent, updated"
+            " FROM splits ORDER BY model"
+        ).fetchall()
+        return [_split(row) for row in rows]
+
+    def set(self, split: TrafficSplit) -> None:
+        """Replace the split of ``split.model`` and bump the generation, atomically."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO splits VALUES (?, ?, ?, ?, ?)",
+                (
+                    split.model,
+                    split.stable_version,
+                    split.canary_version,
+                    split.canary_percent,
+                    split.updated or now_iso(),
+                ),
+            )
+            self._db.execute("UPDATE generation SET value = value + 1 WHERE id = 0")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def generation(self) -> int:
+        """A number that changes whenever any split changes (cheap to poll)."""
+        row = self._db.execute("SELECT value FROM generation WHERE id = 0").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> DeploymentStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _split(row: tuple[str, int, int | None, int, str]) -> TrafficSplit:
+    model, stable, canary, percent, updated = row
+    return TrafficSplit(
+        model=model,
+        stable_version=int(stable),
+        canary_version=None if canary is None else int(canary),
+        canary_percent=int(percent),
+        updated=updated,
+    )

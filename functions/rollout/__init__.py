@@ -1,0 +1,1 @@
+"""The rollout function: a registered model version goes out, stable or canary."""

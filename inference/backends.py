@@ -1,0 +1,259 @@
+"""The predictor processes behind the router, reconciled from the deployment store.
+
+For every (model, version) in some traffic split there is one
+``inference.server`` process on its own free ports, as KServe keeps one
+predictor per model version of an InferenceService. A process is started when a
+version enters a split and stopped (by PID) when it leaves every split. Each
+backend's state is what its own readiness endpoint says: ready, refused (the
+artifact failed verification; the reason comes from the 503 body), or failed
+(the process died or never answered).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import httpx
+
+from falaj.deployments import DeploymentStore, TrafficSplit
+from falaj.errors import RuntimeStartError
+from falaj.logs import get_logger
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+
+
+class BackendState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+@dataclass
+class Backend:
+    """One predictor process serving one model version."""
+
+    model: str
+    version: int
+    process: ManagedProcess
+    http_port: int
+    grpc_port: int
+    host: str
+    state: BackendState = BackendState.STARTING
+    reason: str | None = None
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def status(self) -> dict[str, object]:
+        status: dict[str, object] = {"state": str(self.state), "pid": self.process.pid}
+        if self.reason:
+            status["reason"] = self.reason
+        return status
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolConfig:
+    host: str
+    #: The full environment of a predictor process (FALAJ_* from the settings).
+    env: Mapping[str, str]
+    log_dir: Path
+    cwd: Path
+    ready_timeout_s: float = 60.0
+    stop_grace_s: float = 10.0
+    #: How often the store's generation and the processes are checked.
+    poll_interval_s: float = 0.25
+
+
+class BackendPool:
+    """Keeps the running predictors equal to the versions the splits name."""
+
+    def __init__(self, config: PoolConfig, store: DeploymentStore) -> None:
+        self.config = config
+        self.store = store
+        self._lock = threading.Lock()
+        self._backends: dict[tuple[str, int], Backend] = {}
+        self._splits: dict[str, TrafficSplit] = {}
+        self._generation: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._http = httpx.Client(timeout=2.0)
+        self.log = get_logger(component="router.backends")
+
+    # -- what the router reads -------------------------------------------------------
+
+    def split(self, model: str) -> TrafficSplit | None:
+        with self._lock:
+            return self._splits.get(model)
+
+    def models(self) -> list[str]:
+        with self._lock:
+            return sorted(self._splits)
+
+    def backend(self, model: str, version: int) -> Backend | None:
+        with self._lock:
+            return self._backends.get((model, version))
+
+    def not_ready(self) -> dict[str, dict[str, object]]:
+        """Every version in a split that cannot serve yet, with its state."""
+        with self._lock:
+            wanted = [(s.model, v) for s in self._splits.values() for v in s.versions]
+            result: dict[str, dict[str, object]] = {}
+            for key in wanted:
+                backend = self._backends.get(key)
+                if backend is None or backend.state is not BackendState.READY:
+                    absent: dict[str, object] = {"state": "absent"}
+                    result[f"{key[0]}/{key[1]}"] = backend.status() if backend else absent
+            return result
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.reconcile()
+        self._thread = threading.Thread(target=self._watch, name="backend-pool", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.config.stop_grace_s + 5)
+        with self._lock:
+            backends = list(self._backends.values())
+            self._backends.clear()
+        for backend in backends:
+            self._stop_backend(backend)
+        self._http.close()
+
+    def _watch(self) -> None:
+        # Event.wait is the poll interval and wakes at once on stop().
+        while not self._stop.wait(self.config.poll_interval_s):
+            try:
+                if self.store.generation() != self._generation:
+                    self.reconcile()
+                self._check_alive()
+            except Exception as exc:  # the watcher must outlive one bad read
+                self.log.error("reconcile.failed", error=str(exc), error_type=type(exc).__name__)
+
+    def reconcile(self) -> None:
+        """Start what the splits want and is not running; stop what no split wants."""
+        generation = self.store.generation()
+        splits = {s.model: s for s in self.store.all()}
+        wanted = {(s.model, v) for s in splits.values() for v in s.versions}
+        with self._lock:
+            self._splits = splits
+            self._generation = generation
+            removed = [b for key, b in self._backends.items() if key not in wanted]
+            for backend in removed:
+                del self._backends[(backend.model, backend.version)]
+            to_start = sorted(wanted - set(self._backends))
+            for model, version in to_start:
+                self._backends[(model, version)] = self._start_backend(model, version)
+        for backend in removed:
+            self.log.info("backend.stopping", model=backend.model, version=backend.version)
+            self._stop_backend(backend)
+
+    def _check_alive(self) -> None:
+        with self._lock:
+            backends = list(self._backends.values())
+        for backend in backends:
+            if backend.state is BackendState.READY and not backend.process.alive():
+                backend.state = BackendState.FAILED
+                backend.reason = (
+                    f"predictor process {backend.process.pid} exited; "
+                    f"its log: {backend.process.log_path}"
+                )
+                self.log.error("backend.died", model=backend.model, version=backend.version)
+
+    # -- one backend ---------------------------------------------------------------
+
+    def _start_backend(self, model: str, version: int) -> Backend:
+        host = self.config.host
+        http_port, grpc_port = free_port(host), free_port(host)
+        process = ManagedProcess(
+            name=f"predictor-{model}-{version}",
+            argv=[
+                sys.executable,
+                "-m",
+                "inference.server",
+                "--model",
+                model,
+                "--version",
+                str(version),
+                "--http-port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+            ],
+            env=self.config.env,
+            log_path=self.config.log_dir / f"predictor-{model}-{version}.log",
+            cwd=self.config.cwd,
+            grace_s=self.config.stop_grace_s,
+        ).start()
+        backend = Backend(model, version, process, http_port, grpc_port, host)
+        self.log.info("backend.starting", model=model, version=version, pid=process.pid)
+        threading.Thread(
+            target=self._await_ready, args=(backend,), name=f"ready-{model}-{version}", daemon=True
+        ).start()
+        return backend
+
+    def _await_ready(self, backend: Backend) -> None:
+        """Probe the model's readiness: 200 ready, 503 refused (with why), else keep trying."""
+        try:
+            backend.process.wait_ready(
+                _ModelProbe(self, backend), timeout_s=self.config.ready_timeout_s
+            )
+        except RuntimeStartError as exc:
+            if not backend.stopped.is_set():
+                backend.state, backend.reason = BackendState.FAILED, str(exc)
+                self.log.error(
+                    "backend.failed", model=backend.model, version=backend.version, error=str(exc)
+                )
+            return
+        if backend.state is BackendState.READY:
+            self.log.info("backend.ready", model=backend.model, version=backend.version)
+        elif backend.state is BackendState.REFUSED:
+            self.log.error(
+                "backend.refused",
+                model=backend.model,
+                version=backend.version,
+                reason=backend.reason,
+            )
+
+    def _probe(self, backend: Backend) -> bool:
+        """True once the backend's state is known."""
+        try:
+            response = self._http.get(f"{backend.url}/v2/models/{backend.model}/ready")
+        except httpx.HTTPError:
+            return False  # not listening yet: kserve serves only after load()
+        if response.status_code == 200:
+            backend.state = BackendState.READY
+            return True
+        if response.status_code == 503:
+            try:
+                reason = str(response.json().get("error"))
+            except ValueError:
+                reason = response.text[:500]
+            backend.state, backend.reason = BackendState.REFUSED, reason
+            return True
+        return False
+
+    def _stop_backend(self, backend: Backend) -> None:
+        backend.stopped.set()
+        backend.process.stop()
+
+
+class _ModelProbe(ReadyCheck):
+    """Done when the backend's state is known, or it was stopped meanwhile."""
+
+    def __init__(self, pool: BackendPool, backend: Backend) -> None:
+        super().__init__(backend.host, backend.http_port, f"/v2/models/{backend.model}/ready")
+        self.pool, self.backend = pool, backend
+
+    def __call__(self) -> bool:
+        return self.pool._probe(self.backend) or self.backend.stopped.is_set()

@@ -1,0 +1,167 @@
+"""Payload logging, like KServe's logger: every prediction becomes an event.
+
+The router hands each successful prediction (the raw request and response
+bodies) to ``PayloadLogger.submit``, which only enqueues it: decoding, building
+the ``inference.logged`` CloudEvent and posting it to the broker happen on one
+background thread, off the request path. The queue is bounded; when it is full,
+or the broker is down, the prediction still succeeds and the loss is counted
+and logged, never raised to the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from falaj.errors import FalajError
+from falaj.events import EventType, InferenceLogged, make_event
+from falaj.logs import get_logger
+from falaj.publisher import EventPublisher
+from inference.errors import InvalidPayload
+from inference.inputs import (
+    OUTPUT_NAME,
+    Matrix,
+    feature_columns,
+    matrix_from_instances,
+    matrix_from_tensors,
+    tensor_from_json,
+)
+
+DEFAULT_CAPACITY = 1000
+
+
+class Protocol(StrEnum):
+    V1 = "v1"
+    V2 = "v2"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One successful prediction, as it went through the router."""
+
+    model: str
+    version: int
+    variant: str
+    protocol: Protocol
+    request: bytes
+    response: bytes
+
+
+@dataclass
+class PayloadStats:
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    skipped: int = 0
+
+
+def decode(prediction: Prediction, features: tuple[str, ...]) -> InferenceLogged:
+    """The event data of one prediction: inputs by feature name, one output per row."""
+    try:
+        request: Any = json.loads(prediction.request)
+        response: Any = json.loads(prediction.response)
+    except ValueError:
+        raise InvalidPayload("the request or response is not JSON (binary V2?)") from None
+    matrix: Matrix
+    if prediction.protocol is Protocol.V1:
+        matrix = matrix_from_instances(request.get("instances"), features)
+        outputs = [float(v) for v in np.asarray(response["predictions"]).reshape(-1)]
+    else:
+        matrix = matrix_from_tensors(
+            [tensor_from_json(raw) for raw in request.get("inputs") or []], features
+        )
+        (output,) = [o for o in response["outputs"] if o.get("name") == OUTPUT_NAME]
+        outputs = [float(v) for v in np.asarray(output["data"]).reshape(-1)]
+    return InferenceLogged(
+        inference_id=str(uuid.uuid4()),
+        model=prediction.model,
+        version=prediction.version,
+        variant=prediction.variant,
+        inputs=feature_columns(matrix, features),
+        outputs=outputs,
+    )
+
+
+class PayloadLogger:
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        *,
+        region: str,
+        features: Callable[[str, int], tuple[str, ...]],
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        self.publisher = publisher
+        self.region = region
+        self._features = features
+        self._queue: queue.Queue[Prediction | None] = queue.Queue(maxsize=capacity)
+        self.stats = PayloadStats()
+        self._thread: threading.Thread | None = None
+        self.log = get_logger(component="router.payload-log")
+
+    def submit(self, prediction: Prediction) -> bool:
+        """Enqueue without blocking; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(prediction)
+        except queue.Full:
+            self.stats.dropped += 1
+            if self.stats.dropped == 1 or self.stats.dropped % 100 == 0:
+                self.log.warning("payload.dropped", dropped=self.stats.dropped)
+            return False
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="payload-log", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Send what is queued (within ``timeout_s``), then stop the worker."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            self.log.warning("payload.stop.queue-full", pending=self._queue.qsize())
+        self._thread.join(timeout=timeout_s)
+        self.publisher.close()
+
+    def _run(self) -> None:
+        while True:
+            prediction = self._queue.get()
+            if prediction is None:
+                return
+            self._send(prediction)
+
+    def _send(self, prediction: Prediction) -> None:
+        try:
+            data = decode(prediction, self._features(prediction.model, prediction.version))
+        except (FalajError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            self.stats.skipped += 1
+            self.log.warning(
+                "payload.skipped",
+                model=prediction.model,
+                version=prediction.version,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        event = make_event(
+            EventType.INFERENCE_LOGGED,
+            data,
+            region=self.region,
+            subject=f"{prediction.model}/{prediction.version}",
+        )
+        try:
+            self.publisher.publish(event)
+        except FalajError as exc:
+            self.stats.failed += 1
+            self.log.error("payload.failed", failed=self.stats.failed, error=str(exc))
+            return
+        self.stats.sent += 1

@@ -1,0 +1,351 @@
+"""The local KServe ingress: authentication, the traffic split, payload logging.
+
+    python -m inference.router        (FALAJ_* settings; listens on host:router_port)
+
+Every inference request is authenticated (bearer token, ``predict``; metadata
+needs ``read``), then sent to the stable or the canary model version of the
+model's traffic split — the canary gets ``canary_percent`` of the requests,
+drawn with the router's own random generator — and answered with the
+predictor's own response plus ``x-falaj-model-version`` and
+``x-falaj-variant``. ``x-falaj-version: N`` pins a served version (debugging).
+When the chosen version cannot serve (refused artifact, still starting), the
+other version of the split answers, so one bad version never takes the model
+down. Health endpoints are open, as kubelet probes carry no token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from falaj.auth import Action
+from falaj.context import Context
+from falaj.deployments import DeploymentStore, TrafficSplit
+from falaj.errors import AuthError, FalajError
+from falaj.logs import configure_logging, get_logger
+from falaj.publisher import EventPublisher
+from falaj.registry import ModelRegistry
+from falaj.settings import PROJECT_ROOT, Settings
+from inference.backends import Backend, BackendPool, BackendState, PoolConfig
+from inference.inputs import DATATYPE, INPUT_NAME, OUTPUT_NAME
+from inference.payload_log import PayloadLogger, Prediction, Protocol
+
+VERSION_HEADER = "x-falaj-model-version"
+VARIANT_HEADER = "x-falaj-variant"
+PIN_HEADER = "x-falaj-version"
+#: Request headers a predictor needs to read the body (binary V2 tensors included).
+FORWARDED_HEADERS = ("content-type", "inference-header-content-length")
+
+
+class Variant(StrEnum):
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+def pick_variant(split: TrafficSplit, draw: float) -> Variant:
+    """``draw`` is uniform in [0, 100): below ``canary_percent`` means the canary."""
+    if split.canary_version is not None and draw < split.canary_percent:
+        return Variant.CANARY
+    return Variant.STABLE
+
+
+def version_of(split: TrafficSplit, variant: Variant) -> int:
+    if variant is Variant.CANARY and split.canary_version is not None:
+        return split.canary_version
+    return split.stable_version
+
+
+def variant_of(split: TrafficSplit, version: int) -> Variant:
+    return Variant.CANARY if version == split.canary_version else Variant.STABLE
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+@dataclass
+class Router:
+    """The request handlers over a backend pool (one per router process)."""
+
+    ctx: Context
+    pool: BackendPool
+    payloads: PayloadLogger
+    registry: ModelRegistry
+    rng: random.Random
+    http: httpx.AsyncClient
+
+    def __post_init__(self) -> None:
+        self.log = get_logger(component="router")
+        self._features: dict[tuple[str, int], tuple[str, ...]] = {}
+
+    def features(self, model: str, version: int) -> tuple[str, ...]:
+        # A version's metadata never changes once registered.
+        key = (model, version)
+        if key not in self._features:
+            self._features[key] = self.registry.get(model, version).feature_names
+        return self._features[key]
+
+    # -- checks ----------------------------------------------------------------------
+
+    def authorize(self, request: Request, action: Action) -> JSONResponse | None:
+        try:
+            principal = self.ctx.tokens.authenticate(request.headers.get("authorization"))
+            principal.require(action)
+        except AuthError as exc:
+            return error(int(exc.status), str(exc))
+        return None
+
+    def split_or_404(self, name: str) -> TrafficSplit | JSONResponse:
+        split = self.pool.split(name)
+        if split is None:
+            served = ", ".join(self.pool.models()) or "none yet"
+            return error(404, f"no model {name!r} is served here; served models: {served}")
+        return split
+
+    # -- inference -------------------------------------------------------------------
+
+    async def predict_v1(self, request: Request) -> Response:
+        return await self._infer(request, Protocol.V1)
+
+    async def infer_v2(self, request: Request) -> Response:
+        return await self._infer(request, Protocol.V2)
+
+    async def _infer(self, request: Request, protocol: Protocol) -> Response:
+        denied = self.authorize(request, Action.PREDICT)
+        if denied is not None:
+            return denied
+        name = request.path_params["name"]
+        split = self.split_or_404(name)
+        if isinstance(split, JSONResponse):
+            return split
+        chosen = self._choose(split, request.headers.get(PIN_HEADER))
+        if isinstance(chosen, JSONResponse):
+            return chosen
+        backend, variant = chosen
+        path = (
+            f"/v1/models/{name}:predict" if protocol is Protocol.V1 else f"/v2/models/{name}/infer"
+        )
+        body = await request.body()
+        headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
+        try:
+            upstream = await self.http.post(f"{backend.url}{path}", content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            self.log.error(
+                "upstream.unreachable", model=name, version=backend.version, error=str(exc)
+            )
+            return error(
+                502, f"{name} version {backend.version} did not answer ({type(exc).__name__})"
+            )
+        response = Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type", "application/json"),
+            headers={VERSION_HEADER: str(backend.version), VARIANT_HEADER: str(variant)},
+        )
+        if upstream.status_code == 200:
+            self.payloads.submit(
+                Prediction(name, backend.version, str(variant), protocol, body, upstream.content)
+            )
+        return response
+
+    def _choose(
+        self, split: TrafficSplit, pin: str | None
+    ) -> tuple[Backend, Variant] | JSONResponse:
+        if pin is not None:
+            if not pin.isdigit() or int(pin) not in split.versions:
+                return error(
+                    400,
+                    f"{PIN_HEADER}: expected one of the served versions "
+                    f"{list(split.versions)} of {split.model!r}, got {pin!r}",
+                )
+            preferred = [variant_of(split, int(pin))]
+        else:
+            first = pick_variant(split, self.rng.random() * 100.0)
+            preferred = [first, *(v for v in Variant if v is not first)]
+        for variant in preferred:
+            if variant is Variant.CANARY and split.canary_version is None:
+                continue
+            backend = self.pool.backend(split.model, version_of(split, variant))
+            if backend is not None and backend.state is BackendState.READY:
+                return backend, variant
+        return error(
+            503,
+            f"no version of {split.model!r} can serve now",
+            versions=self._status(split),
+        )
+
+    # -- metadata and health ---------------------------------------------------------
+
+    def _status(self, split: TrafficSplit) -> dict[str, dict[str, object]]:
+        status: dict[str, dict[str, object]] = {}
+        for version in split.versions:
+            backend = self.pool.backend(split.model, version)
+            status[str(version)] = backend.status() if backend else {"state": "absent"}
+        return status
+
+    def _ready(self, split: TrafficSplit) -> bool:
+        return all(s["state"] == BackendState.READY for s in self._status(split).values())
+
+    async def model_metadata(self, request: Request) -> Response:
+        denied = self.authorize(request, Action.READ)
+        if denied is not None:
+            return denied
+        split = self.split_or_404(request.path_params["name"])
+        if isinstance(split, JSONResponse):
+            return split
+        try:
+            width = len(self.features(split.model, split.stable_version))
+        except FalajError as exc:
+            return error(int(exc.status), str(exc))
+        return JSONResponse(
+            {
+                "name": split.model,
+                "versions": [str(v) for v in split.versions],
+                "platform": "onnxruntime_onnx",
+                "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, width]}],
+                "outputs": [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": [-1, 1]}],
+                "traffic": {
+                    "stable_version": split.stable_version,
+                    "canary_version": split.canary_version,
+                    "canary_percent": split.canary_percent,
+                    "updated": split.updated,
+                },
+                "status": self._status(split),
+            }
+        )
+
+    async def model_ready(self, request: Request) -> Response:
+        denied = self.authorize(request, Action.READ)
+        if denied is not None:
+            return denied
+        split = self.split_or_404(request.path_params["name"])
+        if isinstance(split, JSONResponse):
+            return split
+        ready = self._ready(split)
+        return JSONResponse(
+            {"name": split.model, "ready": ready, "versions": self._status(split)},
+            status_code=200 if ready else 503,
+        )
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        waiting = self.pool.not_ready()
+        if waiting:
+            return JSONResponse({"ready": False, "not_ready": waiting}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    async def metrics(self, request: Request) -> Response:
+        stats = self.payloads.stats
+        lines = [
+            "# TYPE falaj_payload_log_events_total counter",
+            *(
+                f'falaj_payload_log_events_total{{outcome="{outcome}"}} {count}'
+                for outcome, count in (
+                    ("sent", stats.sent),
+                    ("failed", stats.failed),
+                    ("dropped", stats.dropped),
+                    ("skipped", stats.skipped),
+                )
+            ),
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n")
+
+
+def create_app(router: Router) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        router.payloads.start()
+        router.pool.start()
+        try:
+            yield
+        finally:
+            router.pool.stop()
+            router.payloads.stop()
+            await router.http.aclose()
+
+    Handler = Callable[[Request], Awaitable[Response]]
+    routes: list[tuple[str, Handler, list[str]]] = [
+        ("/v1/models/{name}:predict", router.predict_v1, ["POST"]),
+        ("/v1/models/{name}", router.model_ready, ["GET"]),
+        ("/v2/models/{name}/infer", router.infer_v2, ["POST"]),
+        ("/v2/models/{name}/ready", router.model_ready, ["GET"]),
+        ("/v2/models/{name}", router.model_metadata, ["GET"]),
+        ("/v2/health/live", router.live, ["GET"]),
+        ("/v2/health/ready", router.ready, ["GET"]),
+        ("/metrics", router.metrics, ["GET"]),
+    ]
+    return Starlette(
+        routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes],
+        lifespan=lifespan,
+    )
+
+
+def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
+    """Everything one router process holds, from its context and base environment."""
+    settings = ctx.settings
+    pool = BackendPool(
+        PoolConfig(
+            host=settings.host,
+            env={**base_env, **settings.to_env()},
+            log_dir=ctx.paths.logs,
+            cwd=PROJECT_ROOT,
+        ),
+        DeploymentStore(ctx),
+    )
+    registry = ModelRegistry(ctx)
+    publisher = EventPublisher(settings.broker_ingress, settings.bearer_token(), timeout_s=5.0)
+    payloads = PayloadLogger(
+        publisher,
+        region=settings.region,
+        features=lambda model, version: registry.get(model, version).feature_names,
+    )
+    return Router(
+        ctx=ctx,
+        pool=pool,
+        payloads=payloads,
+        registry=registry,
+        rng=random.Random(),
+        # Keep-alive connections to the predictors; a prediction is ~1 ms.
+        http=httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_keepalive_connections=32)),
+    )
+
+
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    configure_logging("router", settings.log_level)
+    # httpx logs every request at info: one line per proxied prediction and
+    # per logged payload would drown the router's own log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    ctx = Context.create(settings, actor="router")
+    # The predictors inherit the platform's environment (PATH, the venv), but
+    # their FALAJ_* settings come from ours alone.
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
+    app = create_app(build_router(ctx, base_env))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.router_port,
+        log_level=settings.log_level,
+        access_log=False,
+        # Longer than a load balancer's idle timeout, as KServe does.
+        timeout_keep_alive=65,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Shared by the inference tests: a small fraud model in the real registry, and servers."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pytest
+from cloudevents.http import CloudEvent, from_http
+from onnx import TensorProto, helper
+
+from falaj.context import Context
+from falaj.profile import ReferenceProfile
+from falaj.registry import ModelRegistry
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from falaj.settings import PROJECT_ROOT, Settings
+
+FEATURES = ("amount", "hour", "distance_km", "card_age_days", "tx_count_24h", "is_foreign")
+WEIGHTS_V1 = (0.004, -0.05, 0.01, -0.002, 0.3, 1.5)
+WEIGHTS_V2 = (0.006, 0.02, -0.01, -0.001, 0.1, 2.0)
+
+
+def fraud_onnx(weights: Sequence[float], bias: float = -2.0) -> bytes:
+    """A logistic regression with the platform's serving contract: input -> probability."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [len(weights), 1], list(weights))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [1], [bias])
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w"], ["z0"]),
+            helper.make_node("Add", ["z0", "b"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["probability"]),
+        ],
+        "fraud",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(weights)])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [None, 1])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def sample_rows(rows: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack(
+        [
+            rng.lognormal(3.5, 1.0, rows),
+            rng.integers(0, 24, rows),
+            rng.exponential(10.0, rows),
+            rng.integers(1, 3000, rows),
+            rng.poisson(2.0, rows),
+            rng.integers(0, 2, rows),
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+
+def register(ctx: Context, weights: Sequence[float]) -> int:
+    rows = sample_rows(300, seed=len(weights))
+    profile = ReferenceProfile.from_columns(
+        {name: rows[:, j] for j, name in enumerate(FEATURES)}, predictions=np.linspace(0, 1, 300)
+    )
+    return (
+        ModelRegistry(ctx)
+        .register(
+            "fraud",
+            onnx_bytes=fraud_onnx(weights),
+            profile=profile,
+            metrics={"auc": 0.9},
+            lineage={"training_job_id": "test"},
+            feature_names=FEATURES,
+        )
+        .version
+    )
+
+
+@pytest.fixture
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a platform process: this one's, minus FALAJ_*, plus the settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
+    return {**base, **settings.to_env()}
+
+
+Starter = Callable[..., tuple[ManagedProcess, int]]
+
+
+@pytest.fixture
+def start_predictor(ctx: Context, child_env: dict[str, str]) -> Iterator[Starter]:
+    """Start ``inference.server`` for a version; every process started is stopped by PID."""
+    started: list[ManagedProcess] = []
+
+    def start(version: int) -> tuple[ManagedProcess, int]:
+        port = free_port()
+        process = ManagedProcess(
+            name=f"predictor-fraud-{version}",
+            argv=[
+                sys.executable,
+                "-m",
+                "inference.server",
+                "--model",
+                "fraud",
+                "--version",
+                str(version),
+                "--http-port",
+                str(port),
+                "--grpc-port",
+                str(free_port()),
+            ],
+            env=child_env,
+            log_path=ctx.paths.logs / f"predictor-fraud-{version}.log",
+            cwd=PROJECT_ROOT,
+            grace_s=10.0,
+        ).start()
+        started.append(process)
+
+        # Live is enough to know load() is over: kserve serves only after it.
+        process.wait_ready(ReadyCheck("127.0.0.1", port, "/v2/health/live"), timeout_s=60.0)
+        return process, port
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+class BrokerStandIn:
+    """A tiny HTTP receiver in place of the broker ingress: keeps every CloudEvent posted."""
+
+    def __init__(self) -> None:
+        self.events: list[CloudEvent] = []
+        self.authorizations: list[str | None] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                event = from_http(dict(self.headers), body)
+                with receiver._lock:
+                    receiver.events.append(event)
+                    receiver.authorizations.append(self.headers.get("authorization"))
+                self.send_response(202)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # keep test output for failures
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def received(self) -> list[CloudEvent]:
+        with self._lock:
+            return list(self.events)
+
+    def start(self) -> BrokerStandIn:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def broker() -> Iterator[BrokerStandIn]:
+    receiver = BrokerStandIn().start()
+    yield receiver
+    receiver.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
+        time.sleep(0.02)  # polling a condition with a deadline

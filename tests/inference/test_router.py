@@ -1,0 +1,232 @@
+"""The router end to end, with real predictor processes, a real split and payload logging."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from falaj.auth import Role
+from falaj.context import Context
+from falaj.deployments import DeploymentStore, TrafficSplit
+from falaj.events import EventType, InferenceLogged
+from falaj.registry import MODEL_FILE
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from falaj.settings import PROJECT_ROOT
+from inference.router import Variant, pick_variant
+from inference.session import CPU
+from tests.inference.conftest import (
+    FEATURES,
+    WEIGHTS_V1,
+    WEIGHTS_V2,
+    BrokerStandIn,
+    fraud_onnx,
+    register,
+    sample_rows,
+    wait_until,
+)
+
+REQUESTS = 1000
+
+
+def test_pick_variant_follows_the_percentage() -> None:
+    split = TrafficSplit("fraud", 1, 2, 10)
+    assert pick_variant(split, 9.999) is Variant.CANARY
+    assert pick_variant(split, 10.0) is Variant.STABLE
+    assert pick_variant(TrafficSplit("fraud", 1), 0.0) is Variant.STABLE
+    rng = random.Random(5)
+    canary = sum(pick_variant(split, rng.random() * 100) is Variant.CANARY for _ in range(10_000))
+    assert 900 <= canary <= 1100
+
+
+@dataclass
+class RunningRouter:
+    process: ManagedProcess
+    url: str
+    user: str
+    viewer: str
+    service: str
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def router(ctx: Context, broker: BrokerStandIn) -> Iterator[RunningRouter]:
+    service = ctx.tokens.issue("router", Role.SERVICE)
+    settings = ctx.settings.model_copy(
+        update={"router_port": free_port(), "broker_url": broker.url, "token": service}
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
+    process = ManagedProcess(
+        name="router",
+        argv=[sys.executable, "-m", "inference.router"],
+        env={**base, **settings.to_env()},
+        log_path=ctx.paths.logs / "router.log",
+        cwd=PROJECT_ROOT,
+        grace_s=20.0,
+    ).start()
+    seen_pids: set[int] = set()
+    running = RunningRouter(
+        process=process,
+        url=f"http://127.0.0.1:{settings.router_port}",
+        user=ctx.tokens.issue("analyst", Role.DATA_SCIENTIST),
+        viewer=ctx.tokens.issue("watcher", Role.VIEWER),
+        service=service,
+    )
+    try:
+        process.wait_ready(ReadyCheck("127.0.0.1", settings.router_port, "/v2/health/live"))
+        yield running
+    finally:
+        # The predictors the router started are the router's to stop; any it
+        # left behind would show up here.
+        with contextlib.suppress(httpx.HTTPError):
+            status = httpx.get(
+                f"{running.url}/v2/models/fraud",
+                headers={"Authorization": f"Bearer {running.viewer}"},
+            ).json()["status"]
+            seen_pids.update(int(s["pid"]) for s in status.values() if s.get("pid"))
+        process.stop()
+        leftovers = [pid for pid in seen_pids if alive(pid)]
+        for pid in leftovers:
+            os.killpg(pid, signal.SIGKILL)
+        assert leftovers == [], "the router left predictor processes running"
+
+
+def reference(weights: tuple[float, ...], rows: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(fraud_onnx(weights), providers=[CPU])
+    return np.asarray(session.run(["probability"], {"input": rows})[0]).reshape(-1)
+
+
+def test_split_headers_auth_payload_log_and_a_refused_canary(
+    ctx: Context, router: RunningRouter, broker: BrokerStandIn
+) -> None:
+    assert register(ctx, WEIGHTS_V1) == 1
+    assert register(ctx, WEIGHTS_V2) == 2
+    assert register(ctx, WEIGHTS_V1) == 3
+    tampered = ctx.paths.registry / "fraud" / "3" / MODEL_FILE
+    tampered.write_bytes(tampered.read_bytes()[:-1] + b"\x00")
+    store = DeploymentStore(ctx)
+    store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=10))
+
+    user = httpx.Client(
+        base_url=router.url, headers={"Authorization": f"Bearer {router.user}"}, timeout=30.0
+    )
+    viewer = httpx.Client(
+        base_url=router.url, headers={"Authorization": f"Bearer {router.viewer}"}, timeout=30.0
+    )
+    wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
+
+    # -- auth and unknown models
+    anonymous = httpx.post(f"{router.url}/v2/models/fraud/infer", json={"inputs": []})
+    assert anonymous.status_code == 401 and "bearer token" in anonymous.json()["error"]
+    forbidden = viewer.post("/v1/models/fraud:predict", json={"instances": []})
+    assert forbidden.status_code == 403 and "may not predict" in forbidden.json()["error"]
+    unknown = user.post("/v2/models/aml/infer", json={"inputs": []})
+    assert unknown.status_code == 404 and "served models: fraud" in unknown.json()["error"]
+
+    metadata = viewer.get("/v2/models/fraud").json()
+    assert metadata["versions"] == ["1", "2"]
+    assert metadata["traffic"]["canary_percent"] == 10
+    assert metadata["inputs"][0]["shape"] == [-1, len(FEATURES)]
+    assert {v["state"] for v in metadata["status"].values()} == {"ready"}
+    assert viewer.get("/v2/models/fraud/ready").json()["ready"] is True
+
+    # -- the split, over V2, each answer from the version its headers name
+    rows = sample_rows(REQUESTS, seed=11)
+    expected = {1: reference(WEIGHTS_V1, rows), 2: reference(WEIGHTS_V2, rows)}
+    served: Counter[str] = Counter()
+    for i, row in enumerate(rows):
+        response = user.post(
+            "/v2/models/fraud/infer",
+            json={
+                "inputs": [
+                    {"name": "input", "shape": [1, 6], "datatype": "FP32", "data": row.tolist()}
+                ]
+            },
+        )
+        assert response.status_code == 200, response.text
+        version = int(response.headers["x-falaj-model-version"])
+        variant = response.headers["x-falaj-variant"]
+        assert (version, variant) in {(1, "stable"), (2, "canary")}
+        served[variant] += 1
+        probability = response.json()["outputs"][0]["data"][0]
+        assert probability == pytest.approx(float(expected[version][i]), rel=1e-5)
+    # Binomial(1000, 0.10): mean 100, sd 9.5; 60..140 is beyond 4 sd.
+    assert 60 <= served["canary"] <= 140, served
+
+    # -- V1, pinned to the canary for debugging; a bad request passes through as 400
+    pinned = user.post(
+        "/v1/models/fraud:predict",
+        json={"instances": [dict(zip(FEATURES, map(float, rows[0]), strict=True))]},
+        headers={"x-falaj-version": "2"},
+    )
+    assert pinned.status_code == 200
+    assert pinned.headers["x-falaj-variant"] == "canary"
+    assert pinned.json()["predictions"][0] == pytest.approx(float(expected[2][0]), rel=1e-5)
+    bad = user.post("/v1/models/fraud:predict", json={"instances": [[1.0, 2.0]]})
+    assert bad.status_code == 400 and "expected 6 values, got 2" in bad.json()["error"]
+    unserved = user.post(
+        "/v1/models/fraud:predict",
+        json={"instances": [[1.0] * 6]},
+        headers={"x-falaj-version": "7"},
+    )
+    assert unserved.status_code == 400 and "served versions [1, 2]" in unserved.json()["error"]
+
+    # -- payload logging: one event per successful prediction, with its inputs by feature
+    wait_until(lambda: len(broker.received()) == REQUESTS + 1, 60, "every prediction logged")
+    logged = [InferenceLogged.model_validate(e.get_data()) for e in broker.received()]
+    assert {e["type"] for e in broker.received()} == {str(EventType.INFERENCE_LOGGED)}
+    assert set(broker.authorizations) == {f"Bearer {router.service}"}
+    by_variant = Counter(e.variant for e in logged)
+    assert by_variant == {"stable": served["stable"], "canary": served["canary"] + 1}
+    sent = {tuple(np.float32(v) for v in row) for row in rows}
+    got = {
+        tuple(np.float32(e.inputs[name][0]) for name in FEATURES)
+        for e in logged
+        if e.version in (1, 2)
+    }
+    assert sent == got
+    assert len({e.inference_id for e in logged}) == len(logged)
+
+    # -- a new canary whose artifact was tampered with: refused, the stable one serves on
+    old_pids = {v: s["pid"] for v, s in viewer.get("/v2/models/fraud").json()["status"].items()}
+    store.set(TrafficSplit("fraud", stable_version=1, canary_version=3, canary_percent=50))
+
+    def canary_refused() -> bool:
+        status = viewer.get("/v2/models/fraud").json()["status"]
+        return status.get("3", {}).get("state") == "refused"
+
+    wait_until(canary_refused, 60, "version 3 refused")
+    status = viewer.get("/v2/models/fraud").json()["status"]
+    assert "SignatureInvalid" in status["3"]["reason"]
+    assert status["1"]["pid"] == old_pids["1"]  # stable untouched
+    wait_until(lambda: not alive(int(old_pids["2"])), 30, "version 2's predictor stopped")
+    for row in rows[:40]:
+        response = user.post("/v1/models/fraud:predict", json={"instances": [row.tolist()]})
+        assert response.status_code == 200
+        assert response.headers["x-falaj-model-version"] == "1"
+        assert response.headers["x-falaj-variant"] == "stable"
+    not_ready = user.get("/v2/health/ready")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["not_ready"]["fraud/3"]["state"] == "refused"
+    assert viewer.get("/v2/models/fraud/ready").status_code == 503
+    refusals = [e for e in ctx.audit.entries() if e["action"] == "model.load.refused"]
+    assert [(e["resource"], e["actor"]) for e in refusals] == [("model/fraud/3", "predictor")]
+    user.close()
+    viewer.close()
