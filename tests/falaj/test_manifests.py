@@ -115,7 +115,7 @@ def test_inference_service_canaries_and_scales_to_zero(topology: Topology) -> No
     assert fraud.min_replicas == 0
     assert fraud.max_replicas >= 1
     assert fraud.runtime == "falaj-onnx"
-    assert fraud.storage_uri == "pvc://falaj-registry/fraud"
+    assert fraud.storage_uri == "pvc://falaj-registry/state"
 
 
 def test_ray_job_trains_the_fraud_model_on_cpu_workers(topology: Topology) -> None:
