@@ -75,17 +75,24 @@ class TokenStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Every request authenticates: re-read the file only when it changed.
+        self._cache: tuple[int, dict[str, dict[str, str]]] | None = None
 
     def _load(self) -> dict[str, dict[str, str]]:
-        if not self.path.exists():
+        try:
+            mtime_ns = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
             return {}
+        if self._cache is not None and self._cache[0] == mtime_ns:
+            return self._cache[1]
         loaded: dict[str, dict[str, str]] = json.loads(self.path.read_text())
+        self._cache = (mtime_ns, loaded)
         return loaded
 
     def issue(self, subject: str, role: Role) -> str:
         """Create a token for ``subject``; the token itself is returned once, never stored."""
         token = "flj_" + secrets.token_urlsafe(32)
-        entries = self._load()
+        entries = dict(self._load())
         entries[_digest(token)] = {"subject": subject, "role": str(role)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
