@@ -4,6 +4,7 @@
     ├── ConfigError            a setting is missing or malformed
     ├── ResidencyViolation     a resource would leave the allowed regions
     ├── EventError             an event is malformed or not in the catalog
+    ├── PublishError           the broker could not take an event (retry later)
     ├── AuthError              a caller is unknown (401) ...
     │   └── PermissionDenied   ... or known but not allowed (403)
     ├── AuditError             the audit log cannot be written
@@ -56,6 +57,15 @@ class EventError(FalajError):
     def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+class PublishError(FalajError):
+    """Raised when the broker cannot be reached or refuses an event being published.
+
+    A 503: the caller's own delivery should be retried, not dead-lettered.
+    """
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 class AuthError(FalajError):

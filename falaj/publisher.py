@@ -8,7 +8,7 @@ import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from falaj.errors import EventError
+from falaj.errors import PublishError
 
 
 class EventPublisher:
@@ -24,12 +24,12 @@ class EventPublisher:
         try:
             response = self._client.post(self.broker_url, headers=headers, content=body)
         except httpx.HTTPError as exc:
-            raise EventError(
+            raise PublishError(
                 f"cannot reach the broker at {self.broker_url} to publish {event['type']}: "
                 f"{type(exc).__name__}; is 'falaj up' running?"
             ) from exc
         if response.status_code >= 300:
-            raise EventError(
+            raise PublishError(
                 f"the broker refused {event['type']} ({event['id']}): "
                 f"HTTP {response.status_code} {response.text[:300]}"
             )

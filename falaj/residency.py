@@ -21,6 +21,7 @@ LOCAL_SCHEMES = frozenset({"", "file"})
 
 class Boundary(StrEnum):
     STORAGE_WRITE = "storage-write"
+    STORAGE_READ = "storage-read"
     EVENT_ACCEPT = "event-accept"
     JOB_LAUNCH = "job-launch"
     MODEL_DEPLOY = "model-deploy"

@@ -1,0 +1,1 @@
+"""The demo's data: synthetic card transactions with a learnable fraud signal."""

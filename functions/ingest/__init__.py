@@ -1,0 +1,1 @@
+"""The ingest function: a landed file, validated, into Feast; bad rows quarantined."""

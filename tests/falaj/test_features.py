@@ -1,0 +1,205 @@
+"""The feature store client on a real Feast (SQLite online, file offline) in a temp home."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from falaj.audit import AuditLog
+from falaj.context import Context
+from falaj.errors import ResidencyViolation
+from falaj.features import (
+    FEATURE_SERVICE,
+    FEATURE_VIEW,
+    TTL,
+    FeatureStoreClient,
+)
+from falaj.schema import FeatureSchema, load_schema
+from falaj.settings import Settings
+
+T0 = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def schema() -> FeatureSchema:
+    return load_schema(Settings())
+
+
+def client_in(home: Path, schema: FeatureSchema, **settings: object) -> FeatureStoreClient:
+    ctx = Context.create(Settings(home=home, **settings), actor="test")  # type: ignore[arg-type]
+    return FeatureStoreClient(ctx, schema)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, schema: FeatureSchema) -> FeatureStoreClient:
+    """One applied store for the module: Feast's import and first apply cost seconds."""
+    store = client_in(tmp_path_factory.mktemp("features") / ".falaj", schema)
+    store.apply()
+    return store
+
+
+def rows(
+    schema: FeatureSchema, card: str, at: Sequence[datetime], *, amounts: Sequence[float]
+) -> pd.DataFrame:
+    """Valid, typed rows of one card; the amount tells the rows apart."""
+    raw = pd.DataFrame(
+        {
+            "card_id": card,
+            "event_timestamp": [t.isoformat() for t in at],
+            "amount": [str(a) for a in amounts],
+            "hour": [str(t.hour) for t in at],
+            "distance_km": "1.5",
+            "card_age_days": [str(100 + i) for i in range(len(at))],
+            "tx_count_24h": [str(i) for i in range(len(at))],
+            "is_foreign": "0",
+            "merchant_category": "fuel",
+            "is_fraud": [str(i % 2) for i in range(len(at))],
+        }
+    )
+    result = schema.validate(raw)
+    assert result.rejected == []
+    return result.good
+
+
+def test_apply_registers_the_definitions_and_is_idempotent(client: FeatureStoreClient) -> None:
+    client.apply()  # a second apply changes nothing and does not fail
+    store = client.store
+    view = store.get_feature_view(FEATURE_VIEW)
+    assert [f.name for f in view.features] == list(client.schema.stored_features)
+    assert view.ttl == TTL
+    service = store.get_feature_service(FEATURE_SERVICE)
+    (projection,) = service.feature_view_projections
+    assert [f.name for f in projection.features] == list(client.schema.feature_names)
+    (entity,) = store.list_entities()
+    assert (entity.name, entity.join_key, entity.value_type.name) == ("card", "card_id", "STRING")
+    assert (client.ctx.paths.feast / "registry.db").is_file()
+    assert (client.ctx.paths.feast / "online.db").is_file()
+
+
+def test_offline_rows_are_partitioned_by_date(
+    client: FeatureStoreClient, schema: FeatureSchema
+) -> None:
+    frame = rows(schema, "card-part", [T0, T0 + timedelta(days=1)], amounts=[1.0, 2.0])
+    location = client.write_offline(frame)
+    assert location == str(client.ctx.paths.offline / "transactions")
+    for day in ("2025-01-10", "2025-01-11"):
+        folder = Path(location) / f"date={day}"
+        names = [p.name for p in folder.iterdir()]
+        assert len(names) >= 1
+        assert all(n.startswith("part-") and n.endswith(".parquet") for n in names), names
+    stored = client.labelled_rows()
+    mine = stored[stored["card_id"] == "card-part"].sort_values("event_timestamp")
+    assert mine["is_fraud"].tolist() == [0, 1]
+
+
+def test_a_home_out_of_region_gets_no_byte(tmp_path: Path, schema: FeatureSchema) -> None:
+    foreign = client_in(tmp_path / ".falaj", schema, region="eu-west-1")
+    frame = rows(schema, "card-eu", [T0], amounts=[1.0])
+    with pytest.raises(ResidencyViolation, match="eu-west-1"):
+        foreign.write_offline(frame)
+    assert not foreign.offline_root.exists()
+    actions = [e["action"] for e in AuditLog(foreign.ctx.paths.audit).entries()]
+    assert actions == ["policy.refused"]
+
+
+def test_online_holds_each_cards_newest_row(
+    client: FeatureStoreClient, schema: FeatureSchema
+) -> None:
+    both = pd.concat(
+        [
+            rows(schema, "card-on-a", [T0 + timedelta(hours=2), T0], amounts=[20.0, 10.0]),
+            rows(schema, "card-on-b", [T0], amounts=[30.0]),
+        ]
+    )
+    assert client.push_online(both) == 2
+    online = client.online_features(["card-on-a", "card-on-b", "card-never"])
+    assert list(online) == ["card_id", *schema.feature_names]
+    assert online["amount"] == [20.0, 30.0, None]
+    assert online["hour"] == [14, 12, None]
+    # A late file with an older row must not overwrite what is online.
+    late = rows(schema, "card-on-a", [T0 - timedelta(days=1)], amounts=[5.0])
+    assert client.push_online(late) == 0
+    assert client.online_features(["card-on-a"])["amount"] == [20.0]
+
+
+def test_training_rows_get_features_as_of_their_time(
+    client: FeatureStoreClient, schema: FeatureSchema
+) -> None:
+    history = [T0, T0 + timedelta(days=2), T0 + timedelta(days=4)]
+    client.write_offline(rows(schema, "card-pit", history, amounts=[100.0, 200.0, 300.0]))
+    client.write_offline(rows(schema, "card-pit-other", [T0], amounts=[999.0]))
+    entity_rows = pd.DataFrame(
+        {
+            "card_id": ["card-pit"] * 5 + ["card-unknown"],
+            "event_timestamp": [
+                T0 + timedelta(days=1),  # sees the first row only
+                T0 + timedelta(days=4),  # exactly at the third row: sees it
+                T0 + timedelta(days=3, hours=23),  # just before the third row
+                T0 - timedelta(hours=1),  # before all of the card's data
+                T0 + timedelta(days=4) + TTL + timedelta(hours=1),  # everything too stale
+                T0,
+            ],
+            "is_fraud": [0, 1, 0, 1, 0, 1],
+        }
+    )
+    training = client.training_frame(entity_rows)
+    frame = training.frame
+    assert list(frame.columns) == ["card_id", "event_timestamp", "is_fraud", *schema.feature_names]
+    assert frame["amount"].tolist() == [100.0, 300.0, 200.0]
+    assert frame["is_fraud"].tolist() == [0, 1, 0]
+    assert frame["tx_count_24h"].tolist() == [0, 2, 1]
+    assert training.dropped.count == 3
+    assert training.dropped.by_reason == {
+        "whose card has no feature data at all": 1,
+        "older than all of their card's feature data": 1,
+        f"with no feature row of their card in the ttl ({TTL.days} days) before them": 1,
+    }
+    assert "1 row(s) older than all of their card's feature data" in training.dropped.reason
+
+
+def test_by_default_every_labelled_row_trains_once(tmp_path: Path, schema: FeatureSchema) -> None:
+    store = client_in(tmp_path / ".falaj", schema)
+    store.apply()
+    times = [T0 + timedelta(hours=h) for h in range(4)]
+    first = rows(schema, "card-x", times, amounts=[1.0, 2.0, 3.0, 4.0])
+    store.write_offline(first)
+    store.write_offline(first.iloc[:2])  # the same rows ingested a second time
+    store.write_offline(rows(schema, "card-y", times[:1], amounts=[9.0]))
+    training = store.training_frame()
+    frame = training.frame.sort_values(["card_id", "event_timestamp"])
+    assert frame["card_id"].tolist() == ["card-x"] * 4 + ["card-y"]
+    assert frame["amount"].tolist() == [1.0, 2.0, 3.0, 4.0, 9.0]
+    assert frame["is_fraud"].tolist() == [0, 1, 0, 1, 0]
+    assert training.dropped.by_reason == {"ingested more than once (the latest ingest is kept)": 2}
+
+
+def test_an_empty_store_gives_an_empty_training_set(tmp_path: Path, schema: FeatureSchema) -> None:
+    training = client_in(tmp_path / ".falaj", schema).training_frame()
+    assert training.frame.empty
+    assert training.dropped.count == 0
+
+
+def test_the_feature_repo_holds_the_same_definitions_for_feast_apply() -> None:
+    """What `feast apply` in feature_repo/ would collect, read the way it reads it."""
+    from feast import FileSource
+    from feast.repo_config import load_repo_config
+    from feast.repo_operations import parse_repo
+
+    repo = Settings().feature_repo
+    config = load_repo_config(repo, repo / "feature_store.yaml")
+    assert (config.project, config.provider) == ("falaj", "local")
+    assert config.online_store.type == "sqlite"
+    contents = parse_repo(repo)
+    # parse_repo adds its own "__dummy" entity for entity-less views.
+    assert [e.name for e in contents.entities if e.name != "__dummy"] == ["card"]
+    assert [v.name for v in contents.feature_views] == [FEATURE_VIEW]
+    assert [s.name for s in contents.feature_services] == [FEATURE_SERVICE]
+    sources = {s.name: s for s in contents.data_sources}
+    assert set(sources) == {"transactions_offline", "transactions_push"}
+    offline = sources["transactions_offline"]
+    assert isinstance(offline, FileSource)
+    assert offline.path == "data/offline/transactions"

@@ -1,0 +1,327 @@
+"""The ingest function: landed files into Feast, bad rows and bad files quarantined."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+from cloudevents.conversion import to_binary
+
+from falaj.auth import Role
+from falaj.context import Context
+from falaj.demo.data import generate_transactions
+from falaj.errors import EventError, ResidencyViolation
+from falaj.events import (
+    DataIngested,
+    DataRejected,
+    EventData,
+    EventType,
+    ObjectFinalized,
+    ParsedEvent,
+    make_event,
+    parse_event,
+)
+from falaj.features import FeatureStoreClient
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from falaj.settings import PROJECT_ROOT, Settings
+from functions.ingest.function import IngestFunction
+
+BAD_ROWS = 5
+
+
+class CapturingIngest(IngestFunction):
+    """The real function, with its emits kept instead of sent to a broker."""
+
+    def __init__(self) -> None:
+        super().__init__(chunk_rows=100)  # small chunks, so files span several
+        self.emitted: list[tuple[EventType, EventData]] = []
+        self.fail_emits = False
+
+    def emit(self, event_type: EventType, data: EventData, *, subject: str | None = None) -> None:
+        if self.fail_emits:
+            raise EventError("the broker is down (test)")
+        self.emitted.append((event_type, data))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path / ".falaj",
+        storage_regions={"s3://eu-bucket": "eu-west-1", "s3://uae-bucket": "me-central-1"},
+    )
+
+
+@pytest.fixture
+def function(ctx: Context) -> Iterator[CapturingIngest]:
+    started = CapturingIngest()
+    started.start(ctx)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def land(ctx: Context, name: str, content: bytes | pd.DataFrame) -> str:
+    path = ctx.paths.landing / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, pd.DataFrame):
+        content.to_csv(path, index=False)
+    else:
+        path.write_bytes(content)
+    return path.as_uri()
+
+
+def finalized(
+    ctx: Context, location: str, generation: str = "g1", content_type: str = "text/csv"
+) -> ParsedEvent:
+    name = location.rsplit("/", 1)[-1]
+    data = ObjectFinalized(
+        location=location, name=name, size=0, generation=generation, content_type=content_type
+    )
+    return parse_event(
+        make_event(EventType.OBJECT_FINALIZED, data, region="me-central-1"), ctx.policy
+    )
+
+
+def offline_files(ctx: Context) -> list[Path]:
+    return sorted((ctx.paths.offline / "transactions").rglob("*.parquet"))
+
+
+def test_good_rows_reach_feast_and_bad_rows_are_quarantined(
+    ctx: Context, function: CapturingIngest
+) -> None:
+    rows = generate_transactions(450, seed=21, cards=40, bad_rows=BAD_ROWS)
+    location = land(ctx, "day1.csv", rows)
+    function.handle(finalized(ctx, location))
+
+    ((event_type, data),) = function.emitted
+    assert event_type is EventType.DATA_INGESTED
+    assert isinstance(data, DataIngested)
+    assert (data.rows_total, data.rows_ingested, data.rows_quarantined) == (450, 445, BAD_ROWS)
+    assert data.location == location and data.generation == "g1"
+
+    features = FeatureStoreClient(ctx, function.schema)
+    stored = features.labelled_rows()
+    assert len(stored) == 445
+    good = function.schema.validate(rows).good
+    newest = good.sort_values("event_timestamp").groupby("card_id").last()
+    cards = sorted(newest.index)[:3]
+    online = features.online_features(cards)
+    assert online["amount"] == newest.loc[cards, "amount"].tolist()
+    assert online["tx_count_24h"] == newest.loc[cards, "tx_count_24h"].tolist()
+
+    assert data.quarantine_location is not None
+    lines = [json.loads(line) for line in Path(data.quarantine_location).read_text().splitlines()]
+    assert len(lines) == BAD_ROWS
+    assert all(set(line) == {"row_number", "reasons", "row"} and line["reasons"] for line in lines)
+    broken = rows.reset_index(drop=True)
+    for line in lines:
+        # row_number counts data rows from 1, across chunks of 100.
+        assert line["row"]["card_id"] == _csv_value(broken.loc[line["row_number"] - 1, "card_id"])
+    (entry,) = [e for e in ctx.audit.entries() if e["action"] == "data.ingested"]
+    assert entry["details"]["rows_quarantined"] == BAD_ROWS
+
+
+def _csv_value(value: object) -> object:
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("garbage.csv", b"\xff\xfe\x00\x01binary\x00", "cannot be parsed as csv"),
+        ("ragged.csv", b"card_id,amount\na,1\nb,2,3,4\n", "cannot be parsed as csv"),
+        ("empty.csv", b"", "cannot be parsed as csv"),
+        ("columns.csv", b"card_id,amount\na,1\n", "missing columns ['event_timestamp'"),
+        ("notes.txt", b"hello", "cannot tell how to read 'notes.txt'"),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_rejected_whole(
+    ctx: Context, function: CapturingIngest, name: str, content: bytes, reason: str
+) -> None:
+    location = land(ctx, name, content)
+    content_type = "text/plain" if name.endswith(".txt") else "text/csv"
+    function.handle(finalized(ctx, location, content_type=content_type))
+    ((event_type, data),) = function.emitted
+    assert event_type is EventType.DATA_REJECTED
+    assert isinstance(data, DataRejected)
+    assert reason in data.reason
+    assert Path(data.quarantine_location).read_bytes() == content
+    (reason_file,) = ctx.paths.quarantine.glob("*.reason.json")
+    assert json.loads(reason_file.read_text())["reason"] == data.reason
+    assert offline_files(ctx) == []
+    (entry,) = [e for e in ctx.audit.entries() if e["action"] == "data.rejected"]
+    assert entry["outcome"] == "refused" and entry["resource"] == location
+
+
+def test_redelivery_of_an_object_version_ingests_nothing(
+    ctx: Context, function: CapturingIngest
+) -> None:
+    location = land(ctx, "day1.csv", generate_transactions(120, seed=22, cards=10))
+    function.handle(finalized(ctx, location))
+    files = offline_files(ctx)
+    function.handle(finalized(ctx, location))  # a new event id, the same object version
+    assert offline_files(ctx) == files
+    assert len(function.emitted) == 1
+    assert len(FeatureStoreClient(ctx, function.schema).labelled_rows()) == 120
+    function.handle(finalized(ctx, location, generation="g2"))  # a new version is new work
+    assert len(function.emitted) == 2
+
+
+def test_a_lost_event_is_sent_on_redelivery_without_ingesting_again(
+    ctx: Context, function: CapturingIngest
+) -> None:
+    location = land(ctx, "day1.csv", generate_transactions(50, seed=23, cards=10))
+    function.fail_emits = True
+    with pytest.raises(EventError, match="broker is down"):
+        function.handle(finalized(ctx, location))
+    files = offline_files(ctx)
+    assert files
+    function.fail_emits = False
+    function.handle(finalized(ctx, location))
+    ((event_type, data),) = function.emitted
+    assert event_type is EventType.DATA_INGESTED
+    assert isinstance(data, DataIngested) and data.rows_ingested == 50
+    assert offline_files(ctx) == files
+
+
+def test_locations_outside_the_region_or_the_filesystem_are_refused(
+    ctx: Context, function: CapturingIngest
+) -> None:
+    with pytest.raises(ResidencyViolation, match="eu-west-1"):
+        function.handle(finalized(ctx, "s3://eu-bucket/day1.csv"))
+    with pytest.raises(EventError, match="reads file:// locations"):
+        function.handle(finalized(ctx, "s3://uae-bucket/day1.csv"))
+    with pytest.raises(EventError, match="does not exist"):
+        function.handle(finalized(ctx, (ctx.paths.landing / "gone.csv").as_uri()))
+    assert function.emitted == []
+    refused = [e for e in ctx.audit.entries() if e["action"] == "policy.refused"]
+    assert [e["resource"] for e in refused] == ["s3://eu-bucket/day1.csv"]
+
+
+def test_columns_marked_pii_are_stored_pseudonymized(tmp_path: Path) -> None:
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    contract = yaml.safe_load((PROJECT_ROOT / "feature_repo" / "schema.yaml").read_text())
+    for column in contract["columns"]:
+        column["pii"] = column["name"] == "merchant_category"
+    (repo / "schema.yaml").write_text(yaml.safe_dump(contract))
+    ctx = Context.create(Settings(home=tmp_path / ".falaj", feature_repo=repo), actor="test")
+    function = CapturingIngest()
+    function.start(ctx)
+    try:
+        assert function.schema.pii_columns == ("merchant_category",)
+        rows = generate_transactions(30, seed=25, cards=5)
+        function.handle(finalized(ctx, land(ctx, "pii.csv", rows)))
+    finally:
+        function.stop()
+    stored = pd.concat(pd.read_parquet(p) for p in offline_files(ctx))
+    tokens = stored["merchant_category"]
+    assert tokens.str.match(r"^pii_[0-9a-f]{32}$").all()
+    # The same value gets the same token, so counts per category survive.
+    assert sorted(tokens.value_counts().tolist()) == sorted(
+        rows["merchant_category"].value_counts().tolist()
+    )
+    assert (ctx.paths.keys / "pii.key").stat().st_mode & 0o777 == 0o600
+
+
+@dataclass
+class Receiver:
+    port: int
+    received: queue.Queue[tuple[str, dict[str, Any]]]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A stand-in broker ingress on a free port: keeps each binary CloudEvent it is sent."""
+    received: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            received.put((self.headers.get("ce-type", ""), json.loads(body)))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Receiver(port=server.server_address[1], received=received)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def served(ctx: Context, receiver: Receiver, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The real functions-framework process on functions/ingest/main.py: (url, token)."""
+    token = ctx.tokens.issue("ingest-test", Role.SERVICE)
+    port = free_port()
+    settings = ctx.settings.model_copy(update={"broker_port": receiver.port, "token": token})
+    process = ManagedProcess(
+        name="ingest",
+        argv=[
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--source",
+            str(PROJECT_ROOT / "functions" / "ingest" / "main.py"),
+            "--target",
+            "handle",
+            "--signature-type",
+            "cloudevent",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), **settings.to_env()},
+        log_path=tmp_path / "ingest.log",
+        cwd=PROJECT_ROOT,
+    ).start()
+    try:
+        process.wait_ready(ReadyCheck("127.0.0.1", port), timeout_s=90)
+        yield f"http://127.0.0.1:{port}/", token
+    finally:
+        process.stop()
+    assert not process.alive()
+
+
+def test_served_by_functions_framework(
+    ctx: Context, served: tuple[str, str], receiver: Receiver
+) -> None:
+    url, token = served
+    location = land(ctx, "served.csv", generate_transactions(80, seed=24, cards=10, bad_rows=2))
+    data = ObjectFinalized(location=location, name="served.csv", size=1, generation="g1")
+    headers, body = to_binary(make_event(EventType.OBJECT_FINALIZED, data, region="me-central-1"))
+    refused = httpx.post(url, headers=headers, content=body, timeout=30)
+    assert refused.status_code == 401
+    assert offline_files(ctx) == []
+    accepted = httpx.post(
+        url, headers={**headers, "Authorization": f"Bearer {token}"}, content=body, timeout=60
+    )
+    assert accepted.status_code == 200, accepted.text
+    stored = pd.concat(pd.read_parquet(p) for p in offline_files(ctx))
+    assert len(stored) == 78
+    assert len(list(ctx.paths.quarantine.glob("*.jsonl"))) == 1
+    event_type, emitted = receiver.received.get(timeout=30)
+    assert event_type == EventType.DATA_INGESTED
+    assert (emitted["rows_ingested"], emitted["rows_quarantined"]) == (78, 2)
+    assert receiver.received.empty()
