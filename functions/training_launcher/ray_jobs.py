@@ -1,0 +1,142 @@
+"""Submitting the training job to the Ray Jobs API, and asking how it went.
+
+The job runs ``training.job`` with the interpreter of this process
+(``sys.executable``): a bare ``python`` runs whatever is first on the Ray
+worker's PATH (STACK.md). Its settings travel as ``FALAJ_*`` variables in the
+job's runtime environment, which Ray shows on its dashboard and in its state
+API, so the bearer token itself is never among them: the job gets
+``FALAJ_TOKEN_FILE``, the path of a file only this user can read.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from ray.job_submission import JobSubmissionClient
+
+from falaj.settings import ENV_PREFIX, PROJECT_ROOT, Settings
+from functions.training_launcher.errors import JobSubmissionFailed
+from functions.training_launcher.jobs import TrainingRequest
+
+#: The status recorded for a job the Ray head no longer knows (it was restarted).
+LOST = "LOST"
+JOB_MODULE = "training.job"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything the Ray Jobs API is given for one training run."""
+
+    job_id: str
+    entrypoint: str
+    runtime_env: Mapping[str, Any]
+    metadata: Mapping[str, str]
+
+
+def job_spec(
+    job_id: str, request: TrainingRequest, settings: Settings, *, token_file: Path | None
+) -> JobSpec:
+    argv = [
+        sys.executable,
+        "-m",
+        JOB_MODULE,
+        "--model",
+        request.model,
+        "--reason",
+        str(request.reason),
+        "--job-id",
+        job_id,
+    ]
+    return JobSpec(
+        job_id=job_id,
+        entrypoint=shlex.join(argv),
+        runtime_env={"env_vars": job_env(settings, token_file=token_file)},
+        metadata={
+            "model": request.model,
+            "reason": str(request.reason),
+            "urgent": str(request.urgent).lower(),
+            "cause_event_id": request.cause_event_id or "",
+        },
+    )
+
+
+def job_env(settings: Settings, *, token_file: Path | None) -> dict[str, str]:
+    """The job's environment: the settings, with the token replaced by its file."""
+    env = {
+        key: value
+        for key, value in settings.to_env().items()
+        if key not in {f"{ENV_PREFIX}TOKEN", f"{ENV_PREFIX}TOKEN_FILE"}
+    }
+    if token_file is not None:
+        env[f"{ENV_PREFIX}TOKEN_FILE"] = str(token_file.resolve())
+    # The same mode as the local head (falaj.runtime.ray_head.ray_env); the
+    # job's own ray.init must not expect a token the head never issued.
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # The job's working directory is a Ray temp dir; the project root on the
+    # path makes `-m training.job` import even where it is not installed.
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    return env
+
+
+class RayJobs:
+    """A thin boundary over ``JobSubmissionClient``: Ray's errors become ``JobSubmissionFailed``."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._client: JobSubmissionClient | None = None
+
+    def submit(self, spec: JobSpec) -> str:
+        try:
+            return str(
+                self._connected().submit_job(
+                    entrypoint=spec.entrypoint,
+                    submission_id=spec.job_id,
+                    runtime_env=dict(spec.runtime_env),
+                    metadata=dict(spec.metadata),
+                )
+            )
+        except (requests.RequestException, RuntimeError, ConnectionError) as exc:
+            self._client = None
+            raise JobSubmissionFailed(
+                f"the Ray Jobs API at {self.address} did not accept training job "
+                f"{spec.job_id}: {_short(exc)}; is the Ray head running ('falaj up')?"
+            ) from exc
+
+    def status(self, job_id: str) -> str:
+        """Ray's status of the job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), or LOST."""
+        try:
+            return str(self._connected().get_job_status(job_id).value)
+        except RuntimeError as exc:
+            # The SDK reports HTTP errors as RuntimeError with the status in
+            # the text; a 404 means the head forgot the job (it restarted).
+            if "status code 404" in str(exc):
+                return LOST
+            self._client = None
+            raise JobSubmissionFailed(
+                f"cannot read the status of training job {job_id} from {self.address}: "
+                f"{_short(exc)}"
+            ) from exc
+        except (requests.RequestException, ConnectionError) as exc:
+            self._client = None
+            raise JobSubmissionFailed(
+                f"cannot reach the Ray Jobs API at {self.address} to read training job "
+                f"{job_id}: {_short(exc)}; is the Ray head running ('falaj up')?"
+            ) from exc
+
+    def _connected(self) -> JobSubmissionClient:
+        # Connecting checks the head's version over HTTP, so it is done on the
+        # first use, not when the function starts (Ray may come up after it).
+        if self._client is None:
+            self._client = JobSubmissionClient(self.address)
+        return self._client
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -1,0 +1,378 @@
+"""The training launcher: policies, one job per model, coalescing, and a real Ray run.
+
+The unit tests need no Ray: every path they take either decides not to train,
+or is refused before a job is submitted, or meets a Ray address nobody
+listens on. The one test marked ``ray`` trains twice on the shared Ray head.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from falaj.audit import AuditLog
+from falaj.auth import Role
+from falaj.context import Context
+from falaj.demo.data import generate_transactions
+from falaj.errors import EventError, ResidencyViolation
+from falaj.events import (
+    DataIngested,
+    DriftDetected,
+    EventData,
+    EventType,
+    ParsedEvent,
+    TrainingReason,
+    TrainingRequested,
+    make_event,
+    parse_event,
+)
+from falaj.features import FeatureStoreClient
+from falaj.profile import ReferenceProfile
+from falaj.registry import ModelRegistry
+from falaj.runtime.processes import free_port
+from falaj.schema import load_schema
+from falaj.settings import Settings
+from functions.training_launcher import TrainingJobs, TrainingLauncherFunction, TrainingRequest
+from functions.training_launcher.errors import JobSubmissionFailed
+from functions.training_launcher.ray_jobs import job_env, job_spec
+from tests.training.event_sink import EventSink
+from training.export import to_onnx
+from training.model import ModelSpec, ProbabilityModel, TabularMLP
+
+MODEL = "fraud"
+
+
+def event(ctx: Context, event_type: EventType, data: EventData) -> ParsedEvent:
+    return parse_event(make_event(event_type, data, region=ctx.settings.region), ctx.policy)
+
+
+def ingested(ctx: Context) -> ParsedEvent:
+    return event(
+        ctx,
+        EventType.DATA_INGESTED,
+        DataIngested(
+            dataset="transactions",
+            location="file:///landing/tx.csv",
+            generation="1",
+            rows_total=10,
+            rows_ingested=10,
+            rows_quarantined=0,
+            offline_location=ctx.paths.offline.as_uri(),
+        ),
+    )
+
+
+def drifted(ctx: Context, model: str = MODEL) -> ParsedEvent:
+    return event(
+        ctx,
+        EventType.DRIFT_DETECTED,
+        DriftDetected(
+            model=model,
+            version=1,
+            window_size=200,
+            statistic="psi",
+            threshold=0.2,
+            scores={"amount": 0.4},
+            drifted_features=["amount"],
+        ),
+    )
+
+
+def requested(ctx: Context, model: str = MODEL) -> ParsedEvent:
+    return event(
+        ctx,
+        EventType.TRAINING_REQUESTED,
+        TrainingRequested(model=model, reason=TrainingReason.MANUAL),
+    )
+
+
+def audit_actions(ctx: Context) -> list[str]:
+    return [entry["action"] for entry in AuditLog(ctx.paths.audit).entries()]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # A Ray address nobody listens on: a unit test that submits by mistake fails loudly.
+    return Settings(home=tmp_path / ".falaj", ray_address=f"http://127.0.0.1:{free_port()}")
+
+
+@pytest.fixture
+def launcher(ctx: Context) -> Iterator[TrainingLauncherFunction]:
+    function = TrainingLauncherFunction()
+    function.start(ctx)
+    try:
+        yield function
+    finally:
+        function.stop()
+
+
+@pytest.fixture
+def event_sink() -> Iterator[EventSink]:
+    """The broker stand-in the training job publishes to."""
+    sink = EventSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+def register_version(ctx: Context) -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(50, 6)).astype(np.float32)
+    model = ProbabilityModel(TabularMLP(ModelSpec(features=6, hidden=(4,))))
+    names = ("amount", "hour", "distance_km", "card_age_days", "tx_count_24h", "is_foreign")
+    ModelRegistry(ctx).register(
+        MODEL,
+        onnx_bytes=to_onnx(model),
+        profile=ReferenceProfile.from_columns(
+            {name: features[:, i] for i, name in enumerate(names)}
+        ),
+        metrics={"auc": 0.9},
+        lineage={"training_job_id": "earlier"},
+        feature_names=names,
+    )
+
+
+# -- policies, without Ray -------------------------------------------------------
+
+
+def test_data_ingested_does_not_train_a_model_that_has_a_version(
+    ctx: Context, launcher: TrainingLauncherFunction
+) -> None:
+    register_version(ctx)
+    launcher.handle(ingested(ctx))
+    assert launcher.jobs.runs(MODEL) == []
+    assert launcher.jobs.pending(MODEL) is None
+    assert "training.launched" not in audit_actions(ctx)
+
+
+def test_drift_trains_and_a_ray_that_does_not_answer_is_a_503(
+    ctx: Context, launcher: TrainingLauncherFunction
+) -> None:
+    with pytest.raises(JobSubmissionFailed, match="is the Ray head running") as refused:
+        launcher.handle(drifted(ctx))
+    assert refused.value.status == 503
+    # Nothing claims the model: the broker's redelivery launches it.
+    assert launcher.jobs.active(MODEL) is None
+    assert "training.launched" not in audit_actions(ctx)
+
+
+def test_an_unknown_model_is_a_bad_event(ctx: Context, launcher: TrainingLauncherFunction) -> None:
+    with pytest.raises(EventError, match="trains fraud") as refused:
+        launcher.handle(requested(ctx, model="credit"))
+    assert refused.value.status == 400
+
+
+def test_a_job_outside_the_allowed_regions_is_refused_before_ray_is_asked(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        home=tmp_path / ".falaj",
+        region="eu-west-1",
+        ray_address=f"http://127.0.0.1:{free_port()}",
+    )
+    ctx = Context.create(settings, actor="training-launcher")
+    launcher = TrainingLauncherFunction()
+    launcher.start(ctx)
+    try:
+        # The event itself comes from an allowed region; the job would not run in one.
+        allowed = Context.create(settings.model_copy(update={"region": "uaenorth"}), actor="t")
+        with pytest.raises(ResidencyViolation, match="job-launch: ray job for fraud"):
+            launcher.handle(drifted(allowed))
+    finally:
+        launcher.stop()
+    [refusal] = [e for e in AuditLog(ctx.paths.audit).entries() if e["action"] == "policy.refused"]
+    assert refusal["details"]["boundary"] == "job-launch"
+    assert refusal["region"] == "eu-west-1"
+
+
+# -- the job's environment ---------------------------------------------------------
+
+
+def test_the_job_gets_a_token_file_never_the_token(ctx: Context) -> None:
+    token = ctx.tokens.issue("training-launcher", Role.SERVICE)
+    settings = ctx.settings.model_copy(update={"token": SecretStr(token)})
+    launcher = TrainingLauncherFunction()
+    launcher.start(Context.create(settings, actor="training-launcher"))
+    launcher.stop()
+    token_file = ctx.paths.keys / "training-launcher.token"
+    assert token_file.read_text() == token
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+    request = TrainingRequest(model=MODEL, reason=TrainingReason.DRIFT, urgent=True)
+    spec = job_spec("train-fraud-x", request, settings, token_file=token_file)
+    assert token not in json.dumps(dict(spec.runtime_env))
+    env = spec.runtime_env["env_vars"]
+    assert "FALAJ_TOKEN" not in env
+    assert env["FALAJ_TOKEN_FILE"] == str(token_file.resolve())
+    assert env["FALAJ_HOME"] == str(ctx.paths.home)
+    assert env["RAY_AUTH_MODE"] == "disabled"
+    assert spec.entrypoint.split() == [
+        sys.executable,
+        "-m",
+        "training.job",
+        "--model",
+        MODEL,
+        "--reason",
+        "drift",
+        "--job-id",
+        "train-fraud-x",
+    ]
+    # The environment rebuilds the launcher's settings in the job, token aside.
+    rebuilt = Settings.from_env({k: v for k, v in env.items() if k.startswith("FALAJ_")})
+    assert rebuilt.bearer_token() == token
+    assert rebuilt.model_copy(update={"token_file": None}) == settings.model_copy(
+        update={"token": None, "home": ctx.paths.home}
+    )
+
+
+def test_job_env_without_a_token_names_no_token_file(settings: Settings) -> None:
+    assert "FALAJ_TOKEN_FILE" not in job_env(settings, token_file=None)
+
+
+# -- the job store -------------------------------------------------------------------
+
+
+def test_one_active_run_per_model_and_requests_merge_while_it_runs(tmp_path: Path) -> None:
+    with TrainingJobs(tmp_path) as jobs:
+        first = TrainingRequest(model=MODEL, reason=TrainingReason.NEW_DATA)
+        jobs.record_launch("job-1", first)
+        with pytest.raises(sqlite3.IntegrityError):
+            jobs.record_launch("job-2", first)
+
+        jobs.add_pending(TrainingRequest(model=MODEL, reason=TrainingReason.MANUAL))
+        merged = jobs.add_pending(
+            TrainingRequest(
+                model=MODEL, reason=TrainingReason.DRIFT, urgent=True, cause_event_id="e"
+            )
+        )
+        assert (merged.reason, merged.urgent, merged.requests) == (TrainingReason.DRIFT, True, 2)
+        assert jobs.pending(MODEL) == merged
+
+        jobs.update_status("job-1", "RUNNING")
+        assert jobs.active(MODEL) is not None
+        jobs.update_status("job-1", "FAILED")
+        assert jobs.active(MODEL) is None
+        [ended] = jobs.runs(MODEL)
+        assert (ended.status, ended.ended is not None) == ("FAILED", True)
+
+        jobs.record_launch("job-2", merged)
+        assert jobs.pending(MODEL) is None
+        assert [r.job_id for r in jobs.runs(MODEL)] == ["job-1", "job-2"]
+    # The state outlives the process (scale to zero).
+    with TrainingJobs(tmp_path) as reopened:
+        active = reopened.active(MODEL)
+        assert active is not None and active.job_id == "job-2" and active.urgent
+
+
+# -- the real thing on Ray -------------------------------------------------------------
+
+
+def wait_for_job(client: JobSubmissionClient, job_id: str, timeout_s: float = 300.0) -> JobStatus:
+    """The job's final status; its log goes to stderr when it did not succeed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id)
+        if status.is_terminal():
+            if status != JobStatus.SUCCEEDED:
+                print(client.get_job_logs(job_id)[-6000:], file=sys.stderr)
+            return status
+        time.sleep(0.5)  # polling the Jobs API, as the dashboard does
+    client.stop_job(job_id)
+    raise AssertionError(
+        f"job {job_id} did not end in {timeout_s} s:\n{client.get_job_logs(job_id)}"
+    )
+
+
+@pytest.mark.ray
+def test_events_train_versions_on_ray_one_job_at_a_time(
+    ray_head: str, tmp_path: Path, event_sink: EventSink
+) -> None:
+    settings = Settings(home=tmp_path / ".falaj", ray_address=ray_head, broker_url=event_sink.url)
+    ctx = Context.create(settings, actor="training-launcher")
+    token = ctx.tokens.issue("training-launcher", Role.SERVICE)
+    settings = settings.model_copy(update={"token": SecretStr(token)})
+    ctx = Context.create(settings, actor="training-launcher")
+    schema = load_schema(settings)
+    store = FeatureStoreClient(ctx, schema)
+    store.apply()
+    store.write_offline(schema.validate(generate_transactions(3000, seed=11)).good)
+
+    client = JobSubmissionClient(ray_head)
+    launcher = TrainingLauncherFunction()
+    launcher.start(ctx)
+    try:
+        launcher.handle(ingested(ctx))  # no version yet: the bootstrap
+        [first] = launcher.jobs.runs(MODEL)
+        assert first.reason == TrainingReason.NEW_DATA
+        # The job takes tens of seconds; this arrives while it runs and waits.
+        launcher.handle(requested(ctx))
+        assert launcher.jobs.runs(MODEL) == [first]
+        pending = launcher.jobs.pending(MODEL)
+        assert pending is not None and pending.reason == TrainingReason.MANUAL
+
+        info = client.get_job_info(first.job_id)
+        assert token not in json.dumps(info.runtime_env) + json.dumps(info.metadata)
+        assert wait_for_job(client, first.job_id) == JobStatus.SUCCEEDED
+
+        registry = ModelRegistry(ctx)
+        v1 = registry.get(MODEL, 1)
+        assert v1.metrics["auc"] > 0.8, v1.metrics
+        assert set(v1.metrics) >= {"auc", "accuracy", "log_loss", "brier", "ece"}
+        assert v1.feature_names == schema.feature_names
+        assert v1.lineage["training_job_id"] == first.job_id
+        assert v1.lineage["reason"] == "new-data"
+        assert v1.lineage["parent_version"] is None
+        assert v1.lineage["onnx_parity"]["max_abs_diff"] < 1e-4
+        assert v1.lineage["onnx_parity"]["rows_checked"] == v1.lineage["rows_held_out"]
+        assert v1.lineage["rows_used"] == v1.lineage["rows_train"] + v1.lineage["rows_held_out"]
+        assert v1.lineage["ray"]["workers"] == settings.training_workers
+        assert v1.lineage["offline_location"].startswith("file://")
+        assert registry.load_verified(MODEL, 1).profile.prediction is not None
+
+        events = event_sink.wait_for(
+            EventType.TRAINING_STARTED,
+            EventType.TRAINING_COMPLETED,
+            EventType.MODEL_REGISTERED,
+            job_id=first.job_id,
+        )
+        assert [e.type for e in events] == [
+            EventType.TRAINING_STARTED,
+            EventType.TRAINING_COMPLETED,
+            EventType.MODEL_REGISTERED,
+        ]
+        assert events[-1].data["digest"] == v1.digest
+        assert {e.authorization for e in events} == {f"Bearer {token}"}
+
+        # The next event finds the job ended and launches the request that waited.
+        launcher.handle(ingested(ctx))
+        first_done, second = launcher.jobs.runs(MODEL)
+        assert first_done.status == "SUCCEEDED"
+        assert second.reason == TrainingReason.MANUAL
+        assert launcher.jobs.pending(MODEL) is None
+        assert wait_for_job(client, second.job_id) == JobStatus.SUCCEEDED
+        v2 = registry.get(MODEL, 2)
+        assert v2.lineage["training_job_id"] == second.job_id
+        assert v2.lineage["parent_version"] == 1
+        event_sink.wait_for(EventType.MODEL_REGISTERED, job_id=second.job_id)
+    finally:
+        launcher.stop()
+        for run in TrainingJobs(ctx.paths.training).runs(MODEL):
+            if not client.get_job_status(run.job_id).is_terminal():
+                client.stop_job(run.job_id)
+
+    actions = audit_actions(ctx)
+    assert actions.count("training.launched") == 2
+    assert actions.count("training.coalesced") == 1
+    assert actions.count("training.completed") == 2
+    AuditLog(ctx.paths.audit).verify()

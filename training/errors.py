@@ -1,0 +1,23 @@
+"""Errors of the training job; all derive from the kernel's root.
+
+FalajError                  (falaj.errors)
+└── TrainingError           a training run could not produce a model version
+    ├── NotEnoughData       the training set is too small or has one class only
+    └── ExportMismatch      the exported ONNX does not compute what the torch model does
+"""
+
+from __future__ import annotations
+
+from falaj.errors import FalajError
+
+
+class TrainingError(FalajError):
+    """Raised when a training run cannot produce a model version."""
+
+
+class NotEnoughData(TrainingError):
+    """Raised when the training set is too small to split, or a split holds one class only."""
+
+
+class ExportMismatch(TrainingError):
+    """Raised when onnxruntime's outputs differ from torch's beyond the tolerance."""

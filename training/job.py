@@ -1,0 +1,261 @@
+"""The training job: ``python -m training.job --model fraud --reason drift --job-id ID``.
+
+Submitted by the training launcher as a Ray job (a RayJob on a cluster). It
+reads the point-in-time training set from Feast, trains on Ray Train, scores
+the newest 20% of rows it held out, exports ONNX and proves onnxruntime agrees
+with torch, profiles the training data for drift scoring, and registers the
+new model version with its lineage. Every step is announced as an event and
+the outcome is audited; any failure emits ``training.failed`` and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from falaj.audit import Outcome
+from falaj.context import Context
+from falaj.deployments import DeploymentStore
+from falaj.errors import ConfigError, RegistryError
+from falaj.events import (
+    EventData,
+    EventType,
+    ModelRegistered,
+    TrainingCompleted,
+    TrainingFailed,
+    TrainingReason,
+    TrainingStarted,
+    make_event,
+)
+from falaj.features import FeatureStoreClient
+from falaj.logs import configure_logging, get_logger
+from falaj.profile import ReferenceProfile
+from falaj.publisher import EventPublisher
+from falaj.registry import ModelRegistry, ModelVersion
+from falaj.residency import Boundary
+from falaj.schema import load_schema
+from falaj.settings import Settings
+from training.data import split_by_time
+from training.evaluate import evaluate
+from training.export import export_checked
+from training.train import TrainConfig, train
+
+ACTOR = "training"
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRequest:
+    model: str
+    reason: TrainingReason
+    job_id: str
+
+
+def parse_args(argv: Sequence[str] | None = None) -> JobRequest:
+    parser = argparse.ArgumentParser(prog="python -m training.job", description=__doc__)
+    parser.add_argument("--model", required=True, help="the model to train, e.g. fraud")
+    parser.add_argument(
+        "--reason", required=True, choices=[str(r) for r in TrainingReason], help="why it trains"
+    )
+    parser.add_argument("--job-id", required=True, help="the Ray job's submission id")
+    args = parser.parse_args(argv)
+    return JobRequest(model=args.model, reason=TrainingReason(args.reason), job_id=args.job_id)
+
+
+class TrainingJob:
+    """One run of the job: train, check, register, announce."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        publisher: EventPublisher,
+        request: JobRequest,
+        *,
+        config: TrainConfig | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.publisher = publisher
+        self.request = request
+        self.config = config or TrainConfig()
+        self.log = get_logger(job_id=request.job_id, model=request.model)
+
+    def run(self) -> int:
+        """Train and register; on any failure announce and audit it, and return 1."""
+        request = self.request
+        try:
+            self.emit(
+                EventType.TRAINING_STARTED,
+                TrainingStarted(model=request.model, job_id=request.job_id, reason=request.reason),
+            )
+            version = self.train_and_register()
+            self.emit(
+                EventType.TRAINING_COMPLETED,
+                TrainingCompleted(
+                    model=request.model,
+                    job_id=request.job_id,
+                    version=version.version,
+                    metrics=dict(version.metrics),
+                ),
+            )
+            self.emit(
+                EventType.MODEL_REGISTERED,
+                ModelRegistered(
+                    model=version.model,
+                    version=version.version,
+                    digest=version.digest,
+                    metrics=dict(version.metrics),
+                    location=version.location,
+                    training_job_id=request.job_id,
+                ),
+            )
+        except Exception as exc:
+            # Every failure, expected or not, ends the same way: announced,
+            # audited, and a non-zero exit that Ray records as FAILED.
+            self.fail(exc)
+            return EXIT_FAILED
+        self.ctx.audit.record(
+            "training.completed",
+            actor=ACTOR,
+            resource=f"model/{version.model}/{version.version}",
+            region=self.ctx.settings.region,
+            details={
+                "job_id": request.job_id,
+                "reason": str(request.reason),
+                "metrics": dict(version.metrics),
+            },
+        )
+        self.log.info("training.completed", version=version.version, **dict(version.metrics))
+        return 0
+
+    def train_and_register(self) -> ModelVersion:
+        ctx, request = self.ctx, self.request
+        ctx.policy.check_region(
+            ctx.settings.region,
+            resource=f"training job {request.job_id}",
+            boundary=Boundary.JOB_LAUNCH,
+        )
+        schema = load_schema(ctx.settings)
+        store = FeatureStoreClient(ctx, schema)
+        training_set = store.training_frame()
+        data = split_by_time(
+            training_set.frame,
+            feature_names=schema.feature_names,
+            label=schema.label,
+            timestamp=schema.timestamp,
+            dropped=training_set.dropped.count,
+        )
+        self.log.info(
+            "training.data",
+            rows_train=data.train.rows,
+            rows_held_out=data.held_out.rows,
+            rows_dropped=data.rows_dropped,
+            held_out_from=data.cutoff,
+        )
+        trained = train(ctx, data, run_name=request.job_id, config=self.config)
+        evaluation = evaluate(data.held_out.labels, trained.model.predict(data.held_out.features))
+        exported = export_checked(trained.model, data.held_out.features)
+        profile = ReferenceProfile.from_columns(
+            data.columns(), predictions=trained.model.predict(data.train.features)
+        )
+        registry = ModelRegistry(ctx)
+        parent = registry.latest(request.model)
+        production = _production_version(ctx, registry, request.model)
+        lineage: dict[str, Any] = {
+            "training_job_id": request.job_id,
+            "reason": str(request.reason),
+            "offline_location": store.offline_root.as_uri(),
+            "rows_used": data.rows_used,
+            "rows_dropped": data.rows_dropped,
+            "rows_dropped_by_reason": dict(training_set.dropped.by_reason),
+            "rows_train": data.train.rows,
+            "rows_held_out": data.held_out.rows,
+            "held_out_from": data.cutoff,
+            "parent_version": None if parent is None else parent.version,
+            "production_version": None if production is None else production.version,
+            "production_metrics": None if production is None else dict(production.metrics),
+            "onnx_parity": {
+                "max_abs_diff": exported.max_abs_diff,
+                "rows_checked": exported.rows_checked,
+                "tolerance": exported.tolerance,
+                "opset": exported.opset,
+            },
+            "ray": {
+                "workers": trained.workers,
+                "device": trained.device,
+                "checkpoint": trained.checkpoint,
+                "train_loss": trained.metrics.get("train_loss"),
+            },
+            "train_config": {**asdict(self.config), "hidden": list(self.config.hidden)},
+        }
+        return registry.register(
+            request.model,
+            onnx_bytes=exported.onnx_bytes,
+            profile=profile,
+            metrics=evaluation.metrics(),
+            lineage=lineage,
+            feature_names=schema.feature_names,
+        )
+
+    def emit(self, event_type: EventType, data: EventData) -> None:
+        self.publisher.publish(
+            make_event(
+                event_type, data, region=self.ctx.settings.region, subject=self.request.model
+            )
+        )
+
+    def fail(self, exc: Exception) -> None:
+        request = self.request
+        reason = f"{type(exc).__name__}: {exc}"
+        self.log.error("training.failed", error=reason, error_type=type(exc).__name__)
+        self.ctx.audit.record(
+            "training.failed",
+            actor=ACTOR,
+            resource=f"model/{request.model}",
+            region=self.ctx.settings.region,
+            outcome=Outcome.FAILED,
+            details={"job_id": request.job_id, "reason": str(request.reason), "error": reason},
+        )
+        try:
+            self.emit(
+                EventType.TRAINING_FAILED,
+                TrainingFailed(model=request.model, job_id=request.job_id, reason=reason[:2000]),
+            )
+        except Exception as publish_error:
+            # The failure is audited already; an unreachable broker must not hide it.
+            self.log.error("training.failed_not_announced", error=str(publish_error))
+
+
+def _production_version(ctx: Context, registry: ModelRegistry, model: str) -> ModelVersion | None:
+    """The version serving ``model``'s stable traffic, if it is deployed."""
+    with DeploymentStore(ctx) as deployments:
+        split = deployments.get(model)
+    if split is None:
+        return None
+    try:
+        return registry.get(model, split.stable_version)
+    except RegistryError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    request = parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+        token = settings.bearer_token()
+    except ConfigError as exc:
+        # Without settings there is no broker to tell; stderr lands in the Ray job's logs.
+        print(f"training job {request.job_id}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(ACTOR, settings.log_level)
+    ctx = Context.create(settings, actor=ACTOR)
+    with EventPublisher(settings.broker_ingress, token) as publisher:
+        return TrainingJob(ctx, publisher, request).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
