@@ -107,11 +107,15 @@ class PlatformClient:
             variant=response.headers.get("x-falaj-variant", "stable"),
         )
 
-    def router_ready(self) -> bool:
+    def model_ready(self, model: str, versions: set[int]) -> bool:
+        """True when the router serves ``model`` with exactly these versions, all loaded."""
         try:
-            return self._http.get(f"{self.router_url}/v2/health/ready").status_code == 200
+            response = self._http.get(f"{self.router_url}/v2/models/{model}/ready")
         except httpx.HTTPError:
             return False
+        if response.status_code != 200:
+            return False
+        return {int(v) for v in response.json().get("versions", {})} == versions
 
     def close(self) -> None:
         self._http.close()

@@ -33,6 +33,9 @@ CATEGORIES: tuple[str, ...] = (
 )
 DEFAULT_START = datetime(2025, 1, 1, tzinfo=UTC)
 FRAUD_RATE = 0.05
+#: Share of fraud that looks like its card holder, and of honest customers who travel.
+CAMOUFLAGED_FRAUD = 0.3
+TRAVELLING_LEGIT = 0.02
 #: The ways a broken row breaks the schema, injected in turn.
 BAD_ROW_KINDS: tuple[str, ...] = (
     "negative-amount",
@@ -78,26 +81,33 @@ def generate_transactions(
     # Each card's age on the first day; the same seed gives the same cards.
     issued = np.random.default_rng(cards).gamma(2.0, 300.0, size=cards).astype(np.int64)
     fraud = rng.random(rows) < FRAUD_RATE
-    n_fraud = int(fraud.sum())
-    n_legit = rows - n_fraud
+    # Real fraud is not separable: some of it mimics the card holder, and some
+    # honest customers travel and spend like fraudsters. Features follow how a
+    # transaction *looks*; the label is what it *is*.
+    camouflaged = fraud & (rng.random(rows) < CAMOUFLAGED_FRAUD)
+    traveller = ~fraud & (rng.random(rows) < TRAVELLING_LEGIT)
+    looks = (fraud & ~camouflaged) | traveller
+    n_looks = int(looks.sum())
+    n_plain = rows - n_looks
 
     amount = np.empty(rows)
-    amount[~fraud] = rng.lognormal(np.log(40.0) + 0.8 * shift, 0.9, n_legit)
-    amount[fraud] = rng.lognormal(np.log(400.0), 1.0, n_fraud)
+    amount[~looks] = rng.lognormal(np.log(40.0) + 0.8 * shift, 0.9, n_plain)
+    amount[looks] = rng.lognormal(np.log(400.0), 1.0, n_looks)
     distance = np.empty(rows)
-    distance[~fraud] = rng.exponential(5.0 * (1.0 + 2.0 * shift), n_legit)
-    distance[fraud] = rng.lognormal(np.log(800.0), 1.2, n_fraud)
+    distance[~looks] = rng.exponential(5.0 * (1.0 + 2.0 * shift), n_plain)
+    distance[looks] = rng.lognormal(np.log(800.0), 1.2, n_looks)
     tx_count = np.empty(rows, dtype=np.int64)
-    tx_count[~fraud] = rng.poisson(2.0 + 3.0 * shift, n_legit)
-    tx_count[fraud] = rng.poisson(9.0, n_fraud)
+    tx_count[~looks] = rng.poisson(2.0 + 3.0 * shift, n_plain)
+    tx_count[looks] = rng.poisson(9.0, n_looks)
     hour = np.empty(rows, dtype=np.int64)
-    hour[~fraud] = rng.choice(24, size=n_legit, p=_LEGIT_HOUR_P / _LEGIT_HOUR_P.sum())
-    hour[fraud] = rng.choice(24, size=n_fraud, p=_FRAUD_HOUR_P / _FRAUD_HOUR_P.sum())
+    hour[~looks] = rng.choice(24, size=n_plain, p=_LEGIT_HOUR_P / _LEGIT_HOUR_P.sum())
+    hour[looks] = rng.choice(24, size=n_looks, p=_FRAUD_HOUR_P / _FRAUD_HOUR_P.sum())
     age = issued[card] + offsets // 86_400
-    age[fraud] = rng.integers(0, 90, n_fraud)  # stolen details are used on new cards
-    foreign = np.where(fraud, rng.random(rows) < 0.6, rng.random(rows) < 0.05).astype(np.int64)
+    stolen = fraud & ~camouflaged
+    age[stolen] = rng.integers(0, 90, int(stolen.sum()))  # stolen details on new cards
+    foreign = np.where(looks, rng.random(rows) < 0.6, rng.random(rows) < 0.05).astype(np.int64)
     category = np.where(
-        fraud,
+        looks,
         rng.choice(CATEGORIES, size=rows, p=_FRAUD_CATEGORY_P),
         rng.choice(CATEGORIES, size=rows, p=_LEGIT_CATEGORY_P),
     )

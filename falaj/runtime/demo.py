@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,7 +109,7 @@ class DemoStory:
             failure=EventType.TRAINING_FAILED,
         )
         wait(EventType.MODEL_DEPLOYED, where=lambda d: d.get("stable_version") == 1)
-        self._await_router(client)
+        self._await_model(client, {1})
 
         step(f"predict {self.settings.drift_window} normal requests (no drift expected)")
         for row in inference_rows(self.settings.drift_window, seed=cfg.seed + 1, shift=0.0):
@@ -118,7 +120,8 @@ class DemoStory:
             "transactions-day2.csv",
             generate_transactions(cfg.rows // 2, seed=cfg.seed + 2, shift=cfg.shift),
         )
-        wait(EventType.DATA_INGESTED, where=lambda d: "day2" in str(d.get("location")))
+        day2 = wait(EventType.DATA_INGESTED, where=lambda d: "day2" in str(d.get("location")))
+        self.report.ingested.append(day2["data"])
         for row in inference_rows(self.settings.drift_window, seed=cfg.seed + 3, shift=cfg.shift):
             client.predict(MODEL, [[row[f] for f in features]])
 
@@ -132,7 +135,7 @@ class DemoStory:
         )
         deployed = wait(EventType.MODEL_DEPLOYED, where=lambda d: d.get("canary_version") == 2)
         self.report.split = deployed["data"]
-        self._await_router(client)
+        self._await_model(client, {1, 2})
 
         step(f"canary: {cfg.canary_requests} requests split between versions 1 and 2")
         observed: Counter[str] = Counter()
@@ -161,14 +164,16 @@ class DemoStory:
 
         return wait
 
-    def _await_router(self, client: PlatformClient) -> None:
-        import time
-
+    def _await_model(self, client: PlatformClient, versions: set[int]) -> None:
+        """Wait until the router serves exactly ``versions``, all loaded and verified."""
         deadline = time.monotonic() + self.config.step_timeout_s
-        while not client.router_ready():
+        while not client.model_ready(MODEL, versions):
             if time.monotonic() > deadline:
-                raise FalajError("the router did not become ready (see .falaj/logs/router.log)")
-            time.sleep(0.25)  # polling a readiness endpoint
+                raise FalajError(
+                    f"the router did not serve {MODEL} versions {sorted(versions)} in time "
+                    "(see logs/router.log)"
+                )
+            time.sleep(0.25)  # polling a readiness endpoint, as a kubelet does
 
     def _land(self, name: str, frame: Any) -> None:
         landing = self.platform.paths.landing
@@ -177,8 +182,6 @@ class DemoStory:
         partial.rename(landing / name)  # the source only sees complete files
 
     def _quarantined(self) -> list[dict[str, Any]]:
-        import json
-
         rows: list[dict[str, Any]] = []
         for path in sorted(self.platform.paths.quarantine.glob("*.jsonl")):
             for line in path.read_text().splitlines():
