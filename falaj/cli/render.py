@@ -12,7 +12,7 @@ from falaj.runtime.demo import DemoReport
 
 def render_report(report: DemoReport, console: Console) -> None:
     versions = Table(title="Model versions", title_justify="left")
-    for column in ("version", "AUC", "accuracy", "log-loss", "digest", "trained because"):
+    for column in ("version", "AUC", "accuracy", "log-loss", "digest (sha256)", "training job"):
         versions.add_column(column)
     for v in report.versions:
         metrics = v.get("metrics", {})
@@ -22,7 +22,7 @@ def render_report(report: DemoReport, console: Console) -> None:
             _num(metrics.get("accuracy")),
             _num(metrics.get("log_loss")),
             str(v.get("digest", ""))[:12],
-            str(v.get("reason", "")),
+            str(v.get("training_job_id") or ""),
         )
     console.print(versions)
 
