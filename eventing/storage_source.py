@@ -34,7 +34,7 @@ from types import FrameType
 from cloudevents.http import CloudEvent
 
 from falaj.context import Context
-from falaj.errors import EventError, FalajError
+from falaj.errors import FalajError, PublishError
 from falaj.events import EventType, ObjectFinalized, make_event
 from falaj.logs import configure_logging, get_logger
 from falaj.publisher import EventPublisher
@@ -154,7 +154,7 @@ class StorageSource:
                 event = self._consider(path)
             except FileNotFoundError:
                 continue  # renamed or removed between listing and reading
-            except EventError as exc:
+            except PublishError as exc:
                 # The broker is down or refused: not recorded, so the next scan tries again.
                 self.log.warning("publish failed; will retry", path=str(path), error=str(exc))
                 continue

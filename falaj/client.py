@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import httpx
 
+from falaj.closeable import Closeable
 from falaj.errors import FalajError
 from falaj.events import EventType
 
@@ -27,7 +27,7 @@ class Prediction:
     variant: str
 
 
-class PlatformClient:
+class PlatformClient(Closeable):
     def __init__(self, *, broker_url: str, router_url: str, token: str) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.router_url = router_url.rstrip("/")
@@ -119,17 +119,6 @@ class PlatformClient:
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> PlatformClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _raise_for(response: httpx.Response, what: str) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 
+from falaj.closeable import Closeable
 from falaj.context import Context
 from falaj.errors import ConfigError
 
@@ -61,7 +61,7 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class DeploymentStore:
+class DeploymentStore(Closeable):
     """Traffic splits by model, in ``<home>/serving/deployments.db``."""
 
     def __init__(self, ctx: Context) -> None:
@@ -127,17 +127,6 @@ class DeploymentStore:
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> DeploymentStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _split(row: tuple[str, int, int | None, int, str]) -> TrafficSplit:

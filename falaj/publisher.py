@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from falaj.closeable import Closeable
 from falaj.errors import PublishError
 
 
-class EventPublisher:
+class EventPublisher(Closeable):
     """Posts CloudEvents in binary mode to the broker, with this process's token."""
 
     def __init__(self, broker_url: str, token: str | None, *, timeout_s: float = 10.0) -> None:
@@ -36,14 +35,3 @@ class EventPublisher:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> EventPublisher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

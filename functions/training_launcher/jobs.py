@@ -16,8 +16,8 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 
+from falaj.closeable import Closeable
 from falaj.events import TrainingReason
 
 DB_FILE = "jobs.db"
@@ -87,7 +87,7 @@ class TrainingRun:
         return self.status in ACTIVE_STATES
 
 
-class TrainingJobs:
+class TrainingJobs(Closeable):
     """Runs and pending requests in ``<home>/training/jobs.db``."""
 
     def __init__(self, directory: Path) -> None:
@@ -197,17 +197,6 @@ class TrainingJobs:
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> TrainingJobs:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 _RUN_COLUMNS = "job_id, model, reason, urgent, cause_event_id, submitted, status, ended"
