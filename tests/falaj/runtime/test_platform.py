@@ -1,0 +1,78 @@
+"""`falaj up`, `falaj status` and `falaj down` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from falaj.manifests import load_topology
+from falaj.runtime.processes import ManagedProcess, free_port, port_open
+from falaj.settings import PROJECT_ROOT, Settings
+
+FALAJ = str(Path(sys.executable).with_name("falaj"))
+
+
+def test_every_function_service_runs_a_source_that_exists() -> None:
+    topology = load_topology(Settings().manifests_dir)
+    for service in topology.services.values():
+        sources = [a.split("=", 1)[1] for a in service.command if a.startswith("--source=")]
+        assert sources, f"{service.name} names no --source"
+        assert (PROJECT_ROOT / sources[0]).is_file(), f"{service.name}: {sources[0]} is missing"
+
+
+@pytest.mark.ray
+def test_up_status_down(tmp_path: Path, ray_head: str) -> None:
+    ports = {"FALAJ_BROKER_PORT": free_port(), "FALAJ_ROUTER_PORT": free_port()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
+    env.update({k: str(v) for k, v in ports.items()})
+    env["FALAJ_RAY_ADDRESS"] = ray_head
+    home = tmp_path / ".falaj"
+    up = ManagedProcess(
+        name="falaj-up",
+        argv=[FALAJ, "up", "--home", str(home)],
+        env=env,
+        log_path=tmp_path / "up.log",
+        cwd=tmp_path,
+        grace_s=60.0,
+    ).start()
+    state = home / "run" / "platform.json"
+    try:
+        up.wait_ready(state.exists, timeout_s=120.0)
+        status = subprocess.run(
+            [FALAJ, "status", "--home", str(home), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        report = json.loads(status.stdout)
+        assert report["alive"] and all(report["alive"].values()), report["alive"]
+        assert {"broker", "router", "function-ingest", "function-drift"} <= set(report["alive"])
+        assert port_open("127.0.0.1", ports["FALAJ_BROKER_PORT"])
+        tokens = sorted(p.name for p in (home / "keys").glob("*.token"))
+        assert "platform-admin.token" in tokens and "viewer.token" in tokens
+
+        down = subprocess.run(
+            [FALAJ, "down", "--home", str(home)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert up.popen is not None
+        assert up.popen.wait(timeout=60) == 0
+    finally:
+        up.stop()
+    assert not state.exists()
+    for port in ports.values():
+        assert not port_open("127.0.0.1", port)
+    for pid in report["processes"].values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
