@@ -7,76 +7,22 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
-import numpy as np
 import pytest
 from cloudevents.http import CloudEvent, from_http
-from onnx import TensorProto, helper
 
 from falaj.context import Context
-from falaj.profile import ReferenceProfile
-from falaj.registry import ModelRegistry
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
 from falaj.settings import PROJECT_ROOT, Settings
-
-FEATURES = ("amount", "hour", "distance_km", "card_age_days", "tx_count_24h", "is_foreign")
-WEIGHTS_V1 = (0.004, -0.05, 0.01, -0.002, 0.3, 1.5)
-WEIGHTS_V2 = (0.006, 0.02, -0.01, -0.001, 0.1, 2.0)
-
-
-def fraud_onnx(weights: Sequence[float], bias: float = -2.0) -> bytes:
-    """A logistic regression with the platform's serving contract: input -> probability."""
-    w = helper.make_tensor("w", TensorProto.FLOAT, [len(weights), 1], list(weights))
-    b = helper.make_tensor("b", TensorProto.FLOAT, [1], [bias])
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "w"], ["z0"]),
-            helper.make_node("Add", ["z0", "b"], ["z"]),
-            helper.make_node("Sigmoid", ["z"], ["probability"]),
-        ],
-        "fraud",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(weights)])],
-        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [None, 1])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def sample_rows(rows: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.stack(
-        [
-            rng.lognormal(3.5, 1.0, rows),
-            rng.integers(0, 24, rows),
-            rng.exponential(10.0, rows),
-            rng.integers(1, 3000, rows),
-            rng.poisson(2.0, rows),
-            rng.integers(0, 2, rows),
-        ],
-        axis=1,
-    ).astype(np.float32)
-
-
-def register(ctx: Context, weights: Sequence[float]) -> int:
-    rows = sample_rows(300, seed=len(weights))
-    profile = ReferenceProfile.from_columns(
-        {name: rows[:, j] for j, name in enumerate(FEATURES)}, predictions=np.linspace(0, 1, 300)
-    )
-    return (
-        ModelRegistry(ctx)
-        .register(
-            "fraud",
-            onnx_bytes=fraud_onnx(weights),
-            profile=profile,
-            metrics={"auc": 0.9},
-            lineage={"training_job_id": "test"},
-            feature_names=FEATURES,
-        )
-        .version
-    )
+from tests.support.models import (  # noqa: F401  (re-exported to the inference tests)
+    FEATURES,
+    WEIGHTS_V1,
+    WEIGHTS_V2,
+    fraud_onnx,
+    register,
+    sample_rows,
+)
 
 
 @pytest.fixture

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from falaj.client import PlatformClient
+from falaj.context import Context
+from falaj.deployments import DeploymentStore, TrafficSplit, now_iso
 from falaj.manifests import load_topology
 from falaj.runtime.processes import ManagedProcess, free_port, port_open
 from falaj.settings import PROJECT_ROOT, Settings
+from tests.support.models import WEIGHTS_V1, register
 
 FALAJ = str(Path(sys.executable).with_name("falaj"))
 
@@ -25,13 +29,23 @@ def test_every_function_service_runs_a_source_that_exists() -> None:
         assert (PROJECT_ROOT / sources[0]).is_file(), f"{service.name}: {sources[0]} is missing"
 
 
+def _served_version(home: Path) -> int:
+    """A signed version in the registry, deployed at 100%, before the platform starts."""
+    ctx = Context.create(Settings(home=home), actor="test")
+    version = register(ctx, WEIGHTS_V1)
+    with DeploymentStore(ctx) as store:
+        store.set(TrafficSplit(model="fraud", stable_version=version, updated=now_iso()))
+    return version
+
+
 @pytest.mark.ray
-def test_up_status_down(tmp_path: Path, ray_head: str) -> None:
+def test_up_predict_status_down(tmp_path: Path, ray_head: str) -> None:
     ports = {"FALAJ_BROKER_PORT": free_port(), "FALAJ_ROUTER_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
     env.update({k: str(v) for k, v in ports.items()})
     env["FALAJ_RAY_ADDRESS"] = ray_head
     home = tmp_path / ".falaj"
+    version = _served_version(home)
     up = ManagedProcess(
         name="falaj-up",
         argv=[FALAJ, "up", "--home", str(home)],
@@ -57,6 +71,42 @@ def test_up_status_down(tmp_path: Path, ray_head: str) -> None:
         assert port_open("127.0.0.1", ports["FALAJ_BROKER_PORT"])
         tokens = sorted(p.name for p in (home / "keys").glob("*.token"))
         assert "platform-admin.token" in tokens and "viewer.token" in tokens
+
+        with PlatformClient(
+            broker_url=f"http://127.0.0.1:{ports['FALAJ_BROKER_PORT']}",
+            router_url=f"http://127.0.0.1:{ports['FALAJ_ROUTER_PORT']}",
+            token=(home / "keys" / "viewer.token").read_text(),
+        ) as client:
+            # The router loads (and verifies) the version after it is live.
+            up.wait_ready(lambda: client.model_ready("fraud", {version}), timeout_s=60.0)
+        features = {
+            "amount": 912.5,
+            "hour": 3,
+            "distance_km": 840,
+            "card_age_days": 12,
+            "tx_count_24h": 9,
+            "is_foreign": 1,
+        }
+        predicted = subprocess.run(
+            [FALAJ, "predict", json.dumps(features), "--home", str(home), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+        answer = json.loads(predicted.stdout)
+        assert answer["version"] == version and answer["variant"] == "stable"
+        [probability] = answer["probabilities"]
+        assert 0.0 <= probability <= 1.0
+        missing = subprocess.run(
+            [FALAJ, "predict", '{"amount": 1}', "--home", str(home)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert missing.returncode == 1 and "missing features" in missing.stderr
 
         down = subprocess.run(
             [FALAJ, "down", "--home", str(home)],
