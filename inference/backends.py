@@ -102,6 +102,10 @@ class BackendPool:
 
     def not_ready(self) -> dict[str, dict[str, object]]:
         """Every version in a split that cannot serve yet, with its state."""
+        if self.store.generation() != self._generation:
+            # The store changed since the last reconcile: until the watcher has
+            # caught up, "nothing is starting" would be a vacuous "ready".
+            return {"*": {"state": "reconciling"}}
         with self._lock:
             wanted = [(s.model, v) for s in self._splits.values() for v in s.versions]
             result: dict[str, dict[str, object]] = {}
