@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import sys
 import threading
@@ -13,6 +14,7 @@ import pytest
 from cloudevents.http import CloudEvent, from_http
 
 from falaj.context import Context
+from falaj.publisher import BATCH_CONTENT_TYPE
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
 from falaj.settings import PROJECT_ROOT, Settings
 from tests.support.models import (  # noqa: F401  (re-exported to the inference tests)
@@ -73,6 +75,9 @@ def start_predictor(ctx: Context, child_env: dict[str, str]) -> Iterator[Starter
         process.stop()
 
 
+STRUCTURED = {"content-type": "application/cloudevents+json"}
+
+
 class BrokerStandIn:
     """A tiny HTTP receiver in place of the broker ingress: keeps every CloudEvent posted."""
 
@@ -85,10 +90,17 @@ class BrokerStandIn:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                event = from_http(dict(self.headers), body)
+                if self.headers.get("content-type") == BATCH_CONTENT_TYPE:
+                    events = [
+                        from_http(STRUCTURED, json.dumps(item).encode())
+                        for item in json.loads(body)
+                    ]
+                else:
+                    events = [from_http(dict(self.headers), body)]
                 with receiver._lock:
-                    receiver.events.append(event)
-                    receiver.authorizations.append(self.headers.get("authorization"))
+                    for event in events:
+                        receiver.events.append(event)
+                        receiver.authorizations.append(self.headers.get("authorization"))
                 self.send_response(202)
                 self.send_header("content-length", "0")
                 self.end_headers()
