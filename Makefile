@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy falaj functions inference training eventing
+	$(BIN)/mypy falaj functions inference training eventing benchmarks
 
 clean:
 	rm -rf .falaj benchmarks/results

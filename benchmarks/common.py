@@ -24,9 +24,9 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if self.peer_value in (None, 0):
+        if self.peer_value is None or self.peer_value == 0:
             return None
-        return self.value / self.peer_value  # type: ignore[operator]
+        return self.value / self.peer_value
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {k: v for k, v in asdict(self).items() if v is not None}

@@ -120,7 +120,10 @@ def test_inference_service_canaries_and_scales_to_zero(topology: Topology) -> No
 
 def test_ray_job_trains_the_fraud_model_on_cpu_workers(topology: Topology) -> None:
     job = topology.ray_jobs["fraud-training"]
-    assert job.entrypoint == "python -m training.job --model fraud --reason manual --job-id fraud-training"
+    assert (
+        job.entrypoint
+        == "python -m training.job --model fraud --reason manual --job-id fraud-training"
+    )
     assert job.num_workers == 2
     assert job.use_gpu is False
 
