@@ -75,11 +75,18 @@ class PlatformClient(Closeable):
                 raise FalajError(f"no {event_type} event within {timeout_s:.0f} s")
             time.sleep(POLL_INTERVAL_S)  # polling the event log, as `kubectl wait` does
 
-    def dead_letters(self) -> list[dict[str, Any]]:
-        response = self._http.get(f"{self.broker_url}/dead-letters")
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        response = self._http.get(f"{self.broker_url}/dead-letters", params={"limit": limit})
         _raise_for(response, "list dead letters")
         letters: list[dict[str, Any]] = response.json()
         return letters
+
+    def replay(self, dead_letter_id: int) -> dict[str, Any]:
+        """Send a dead letter's delivery again, with a fresh retry budget."""
+        response = self._http.post(f"{self.broker_url}/dead-letters/{dead_letter_id}/replay")
+        _raise_for(response, f"replay dead letter {dead_letter_id}")
+        result: dict[str, Any] = response.json()
+        return result
 
     # -- inference ---------------------------------------------------------------
 
@@ -122,5 +129,11 @@ class PlatformClient(Closeable):
 
 
 def _raise_for(response: httpx.Response, what: str) -> None:
-    if response.status_code >= 300:
-        raise FalajError(f"cannot {what}: HTTP {response.status_code} {response.text[:300]}")
+    if response.status_code < 300:
+        return
+    # Falaj's endpoints answer errors as {"error": "..."}; say that, not the raw body.
+    try:
+        reason = str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        reason = response.text[:300]
+    raise FalajError(f"cannot {what} (HTTP {response.status_code}): {reason}")

@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from falaj.context import Paths
 from falaj.errors import AuditTampered, FalajError
 from falaj.events import export_schemas
 from falaj.settings import Settings
+
+if TYPE_CHECKING:
+    from falaj.client import PlatformClient
 
 app = typer.Typer(
     name="falaj",
@@ -158,22 +161,16 @@ def predict(
     as_json: JsonOption = False,
 ) -> None:
     """Ask the running platform for a prediction (KServe V2 over REST)."""
-    from falaj.client import PlatformClient
     from falaj.schema import load_schema
 
     settings = _settings(home)
-    paths = Paths(settings.resolved_home)
     try:
         values = json.loads(features)
         names = load_schema(settings).feature_names
         missing = [n for n in names if n not in values]
         if missing:
             raise FalajError(f"missing features {missing}; expected all of {list(names)}")
-        with PlatformClient(
-            broker_url=settings.broker_ingress,
-            router_url=f"http://{settings.host}:{settings.router_port}",
-            token=_user_token(paths, Role.ML_ENGINEER),
-        ) as client:
+        with _client(settings, Role.ML_ENGINEER) as client:
             result = client.predict(model, [[float(values[n]) for n in names]])
     except json.JSONDecodeError as exc:
         raise _fail(f"features must be a JSON object: {exc}") from None
@@ -260,17 +257,10 @@ def events_list(
     as_json: JsonOption = False,
 ) -> None:
     """Recent events in the broker."""
-    from falaj.client import PlatformClient
     from falaj.events import EventType
 
-    settings = _settings(home)
-    paths = Paths(settings.resolved_home)
     try:
-        with PlatformClient(
-            broker_url=settings.broker_ingress,
-            router_url=f"http://{settings.host}:{settings.router_port}",
-            token=_user_token(paths, Role.VIEWER),
-        ) as client:
+        with _client(_settings(home), Role.VIEWER) as client:
             events = client.events(EventType(event_type) if event_type else None)
     except (FalajError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -279,6 +269,65 @@ def events_list(
         return
     for event in events:
         console.print(f"{event.get('time', '')[:19]} {event['type']:<40} {event['id']}")
+
+
+def _client(settings: Settings, role: Role) -> PlatformClient:
+    from falaj.client import PlatformClient
+
+    return PlatformClient(
+        broker_url=settings.broker_ingress,
+        router_url=f"http://{settings.host}:{settings.router_port}",
+        token=_user_token(Paths(settings.resolved_home), role),
+    )
+
+
+@events_app.command("dead")
+def events_dead(
+    home: HomeOption = None,
+    limit: Annotated[int, typer.Option(help="newest dead letters to show")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """Events the broker could not deliver (or refused at ingress), with the reason."""
+    try:
+        with _client(_settings(home), Role.VIEWER) as client:
+            letters = client.dead_letters(limit)
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        console.print_json(json.dumps(letters))
+        return
+    if not letters:
+        console.print("no dead letters")
+    for letter in letters:
+        replay = "replayable" if letter.get("replayable") else "not replayable"
+        console.print(
+            f"{letter['id']:>5} {letter.get('event_type')!s:<36} "
+            f"{letter.get('trigger') or 'ingress'!s:<24} attempts {letter['attempts']} "
+            f"({replay}): {letter['reason']}"
+        )
+
+
+@events_app.command("replay")
+def events_replay(
+    dead_letter_ids: Annotated[list[int], typer.Argument(help="ids from 'falaj events dead'")],
+    home: HomeOption = None,
+) -> None:
+    """Send dead letters again (platform-admin)."""
+    failed = 0
+    try:
+        with _client(_settings(home), Role.PLATFORM_ADMIN) as client:
+            for dead_letter_id in dead_letter_ids:
+                try:
+                    result = client.replay(dead_letter_id)
+                except FalajError as exc:
+                    failed += 1
+                    err_console.print(f"[red]{dead_letter_id}:[/red] {exc}")
+                    continue
+                console.print(f"{dead_letter_id}: queued again as delivery {result['delivery']}")
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
+    if failed:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
