@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable
-
-from typer.testing import CliRunner
+from pathlib import Path
 
 from falaj.auth import Role, write_token_file
-from falaj.cli.main import app
 from falaj.context import Context
 from falaj.topology import DeliverySpec
 from tests.eventing.conftest import (
@@ -20,7 +21,15 @@ from tests.eventing.conftest import (
     wait_until,
 )
 
-runner = CliRunner()
+FALAJ = str(Path(sys.executable).with_name("falaj"))
+
+
+def falaj(*args: str, broker_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
+    env.update({"FALAJ_BROKER_URL": broker_url, "COLUMNS": "200"})
+    return subprocess.run(
+        [FALAJ, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_a_dead_letter_is_listed_and_replayed(
@@ -34,16 +43,15 @@ def test_a_dead_letter_is_listed_and_replayed(
     )
     for role in (Role.VIEWER, Role.PLATFORM_ADMIN):
         write_token_file(ctx.paths.keys / f"{role}.token", ctx.tokens.issue(f"cli-{role}", role))
-    env = {"FALAJ_BROKER_URL": broker.url}
     home = str(ctx.paths.home)
 
     event = training_requested()
     assert broker.publish(event).status_code == 202
 
     def dead() -> list[dict[str, object]]:
-        result = runner.invoke(app, ["events", "dead", "--home", home, "--json"], env=env)
-        assert result.exit_code == 0, result.output
-        letters: list[dict[str, object]] = json.loads(result.output)
+        result = falaj("events", "dead", "--home", home, "--json", broker_url=broker.url)
+        assert result.returncode == 0, result.stderr
+        letters: list[dict[str, object]] = json.loads(result.stdout)
         return letters
 
     wait_until(lambda: len(dead()) == 1, 10, "the failed delivery is dead-lettered")
@@ -52,11 +60,11 @@ def test_a_dead_letter_is_listed_and_replayed(
     assert letter["replayable"] is True
     assert letter["status_code"] == 400
 
-    replayed = runner.invoke(app, ["events", "replay", str(letter["id"]), "--home", home], env=env)
-    assert replayed.exit_code == 0, replayed.output
+    replayed = falaj("events", "replay", str(letter["id"]), "--home", home, broker_url=broker.url)
+    assert replayed.returncode == 0, replayed.stderr
     wait_until(lambda: len(subscriber.received) == 2, 10, "the replayed delivery arrives")
     assert subscriber.ids() == [event["id"], event["id"]]
 
-    again = runner.invoke(app, ["events", "replay", str(letter["id"]), "--home", home], env=env)
-    assert again.exit_code == 1
-    assert "was replayed already and was delivered" in " ".join(again.output.split())
+    again = falaj("events", "replay", str(letter["id"]), "--home", home, broker_url=broker.url)
+    assert again.returncode == 1
+    assert "was replayed already and was delivered" in " ".join(again.stderr.split())
