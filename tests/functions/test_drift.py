@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import queue
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -32,10 +31,11 @@ from falaj.events import (
 )
 from falaj.profile import PREDICTION, ReferenceProfile
 from falaj.registry import ModelRegistry
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
-from falaj.settings import PROJECT_ROOT, Settings
+from falaj.runtime.processes import free_port
+from falaj.settings import Settings
 from functions.drift import DriftStore
 from functions.drift.function import DriftFunction
+from tests.support.functions import start_function
 
 WINDOW = 400
 BATCH = 100
@@ -288,30 +288,8 @@ def test_served_by_functions_framework_emits_to_the_broker(
 ) -> None:
     token = ctx.tokens.issue("drift-test", Role.SERVICE)
     served = ctx.settings.model_copy(update={"broker_port": receiver.port, "token": token})
-    port = free_port()
-    process = ManagedProcess(
-        name="drift",
-        argv=[
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--source",
-            str(PROJECT_ROOT / "functions" / "drift" / "main.py"),
-            "--target",
-            "handle",
-            "--signature-type",
-            "cloudevent",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), **served.to_env()},
-        log_path=tmp_path / "drift.log",
-        cwd=PROJECT_ROOT,
-    ).start()
+    process, url = start_function("drift", served, tmp_path)
     try:
-        process.wait_ready(ReadyCheck("127.0.0.1", port), timeout_s=60)
         rng = np.random.default_rng(7)
         with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
             for _ in range(WINDOW // BATCH):
@@ -319,11 +297,11 @@ def test_served_by_functions_framework_emits_to_the_broker(
                 columns["amount"] = columns["amount"] + 40.0
                 event = logged(ctx, columns).event
                 headers, body = to_binary(event)
-                response = client.post(f"http://127.0.0.1:{port}/", headers=headers, content=body)
+                response = client.post(url, headers=headers, content=body)
                 assert response.status_code == 200, response.text
             ragged = logged(ctx, {"amount": np.ones(2), "hour": np.ones(1)}).event
             headers, body = to_binary(ragged)
-            refused = client.post(f"http://127.0.0.1:{port}/", headers=headers, content=body)
+            refused = client.post(url, headers=headers, content=body)
             assert refused.status_code == 400
             assert "equal-length" in refused.json()["error"]
         event_type, data = receiver.received.get(timeout=30)

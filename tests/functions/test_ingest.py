@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import queue
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,9 +32,10 @@ from falaj.events import (
     parse_event,
 )
 from falaj.features import FeatureStoreClient
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from falaj.runtime.processes import free_port
 from falaj.settings import PROJECT_ROOT, Settings
 from functions.ingest.function import IngestFunction
+from tests.support.functions import start_function
 
 BAD_ROWS = 5
 
@@ -273,32 +273,10 @@ def receiver() -> Iterator[Receiver]:
 def served(ctx: Context, receiver: Receiver, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """The real functions-framework process on functions/ingest/main.py: (url, token)."""
     token = ctx.tokens.issue("ingest-test", Role.SERVICE)
-    port = free_port()
     settings = ctx.settings.model_copy(update={"broker_port": receiver.port, "token": token})
-    process = ManagedProcess(
-        name="ingest",
-        argv=[
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--source",
-            str(PROJECT_ROOT / "functions" / "ingest" / "main.py"),
-            "--target",
-            "handle",
-            "--signature-type",
-            "cloudevent",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT), **settings.to_env()},
-        log_path=tmp_path / "ingest.log",
-        cwd=PROJECT_ROOT,
-    ).start()
+    process, url = start_function("ingest", settings, tmp_path)
     try:
-        process.wait_ready(ReadyCheck("127.0.0.1", port), timeout_s=90)
-        yield f"http://127.0.0.1:{port}/", token
+        yield url, token
     finally:
         process.stop()
     assert not process.alive()
