@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmarks.common import report
 
-SKIP = {"common", "__main__"}
+SKIP = {"common", "sink", "__main__"}
 
 
 def main(argv: list[str] | None = None) -> int:

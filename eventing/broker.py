@@ -7,15 +7,22 @@ it), ``GET /dead-letters`` and ``POST /dead-letters/{id}/replay`` are the
 operator's view of what could not be delivered. Every route but the probes
 authenticates with a bearer token and authorizes by role.
 
-The HTTP layer is thin: ``Broker`` holds the queue, the ingress and the
-dispatcher; the routes translate requests and errors only.
+This process is Knative's broker-ingress: it alone writes the queue (group
+commit on its event loop, ``eventing.writer``) and starts and watches the
+dispatcher process that delivers (``eventing.dispatcher``, Knative's
+broker-filter), which sends its acks back to be written here. The HTTP layer
+is thin: ``Broker`` holds the queue, the ingress and the dispatcher's handle;
+the routes translate requests and errors only, and ``POST /`` is plain ASGI
+(``eventing.ingress_endpoint``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -33,22 +40,35 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from eventing.delivery import Dispatcher, Reply
-from eventing.ingress import Accepted, Ingress, events_from_http
-from eventing.queue import EventQueue, ReplayOutcome, StoredEvent
+from eventing.delivery import DEFAULT_CONCURRENCY, DEFAULT_WINDOW, reply_from
+from eventing.dispatcher import DispatcherConfig, DispatcherProcess
+from eventing.ingress import Accepted, Ingress, accepted
+from eventing.ingress_endpoint import IngressEndpoint
+from eventing.queue import (
+    Checkpointer,
+    DeliveryUpdate,
+    EventQueue,
+    ReplayOutcome,
+    StoredEvent,
+    UpdateKind,
+)
 from eventing.topology_io import Endpoints, EventingTopology, load_topology_file
+from eventing.writer import QueueWriter
 from falaj.audit import Outcome
 from falaj.auth import Action, Principal
 from falaj.context import Context
 from falaj.errors import AuthError, EventError, FalajError, PermissionDenied, ResidencyViolation
 from falaj.events import REGION_EXTENSION
 from falaj.logs import configure_logging, get_logger
-from falaj.settings import Settings
+from falaj.settings import ENV_PREFIX, Settings
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_BROKER = "default"
 MAX_EVENTS_LIMIT = 1000
+#: How often the broker checks that its dispatcher process is still there.
+DISPATCHER_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,13 +76,16 @@ class BrokerConfig:
     name: str = DEFAULT_BROKER
     db_path: Path
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    lane_concurrency: int = 1
+    #: Deliveries in flight per Trigger whose subscriber declares no containerConcurrency.
+    default_concurrency: int = DEFAULT_CONCURRENCY
+    #: Deliveries each Trigger holds in memory; the rest wait in the queue.
+    window: int = DEFAULT_WINDOW
     #: How long in-flight deliveries may finish after SIGTERM.
     shutdown_grace_s: float = 5.0
 
 
 class Broker:
-    """One broker: its queue, its ingress and its dispatcher."""
+    """One broker: its queue and the thread that writes it, its ingress, its dispatcher process."""
 
     def __init__(
         self,
@@ -76,56 +99,123 @@ class Broker:
         self.queue = EventQueue(config.db_path)
         self.triggers = topology.triggers_of(config.name)
         self.ingress = Ingress(self.queue, ctx.policy, self.triggers)
-        self.dispatcher = Dispatcher(
-            self.queue,
-            topology,
-            self.triggers,
-            endpoints,
-            token=ctx.settings.bearer_token(),
+        self.dispatcher = DispatcherProcess(
+            DispatcherConfig(
+                db_path=config.db_path,
+                broker=config.name,
+                topology=topology,
+                endpoints=endpoints.fixed,
+                endpoints_path=endpoints.path,
+                default_concurrency=config.default_concurrency,
+                window=config.window,
+                shutdown_grace_s=config.shutdown_grace_s,
+            ),
+            env=_child_env(ctx.settings),
+            on_updates=self.record_outcomes,
             on_reply=self.accept_reply,
-            audit=ctx.audit,
-            region=ctx.settings.region,
-            lane_concurrency=config.lane_concurrency,
         )
+        self.writer = QueueWriter(self.queue, on_appended=self.dispatcher.new_deliveries)
+        self.checkpoints = Checkpointer(config.db_path, caught_up=self.writer.catch_up_threadsafe)
+        self._watch: asyncio.Task[None] | None = None
         self.log = get_logger(component="broker", broker=config.name)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         known = {t.name for t in self.triggers}
         for orphan in sorted(self.queue.pending_triggers() - known):
             # Kept, not dropped: replaying them needs the Trigger back in the manifests.
-            dead = self.queue.retire(
-                orphan, reason=f"trigger {orphan!r} is no longer in the topology"
+            dead = await run_in_threadpool(
+                self.queue.retire, orphan, reason=f"trigger {orphan!r} is no longer in the topology"
             )
             self.log.warning("retired deliveries of a removed trigger", trigger=orphan, n=len(dead))
         if self.ctx.settings.bearer_token() is None:
             self.log.warning("no FALAJ_TOKEN: subscribers that authenticate will answer 401")
-        self.dispatcher.start()
+        self.writer.start()
+        self.checkpoints.start()
+        await self.dispatcher.start()
+        self._watch = asyncio.create_task(self._keep_dispatching(), name="dispatcher-watch")
         self.log.info("broker started", triggers=sorted(known))
 
-    def stop(self) -> None:
-        self.dispatcher.stop(self.config.shutdown_grace_s)
+    async def _keep_dispatching(self) -> None:
+        """Start the dispatcher again if it ends; stored events wait for it meanwhile."""
+        while True:
+            await asyncio.sleep(DISPATCHER_CHECK_S)
+            if not self.dispatcher.alive():
+                self.log.error("the dispatcher ended; starting it again", pid=self.dispatcher.pid)
+                await self.dispatcher.stop(0.0)
+                await self.dispatcher.start()
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        # First the dispatcher, whose last outcomes the writer then commits.
+        await self.dispatcher.stop(self.config.shutdown_grace_s)
+        self.writer.stop()
+        self.checkpoints.stop()
         self.queue.close()
         self.log.info("broker stopped")
 
-    def accept(self, events: Sequence[CloudEvent]) -> Accepted:
-        accepted = self.ingress.accept(events)
-        self.dispatcher.notify(accepted.triggers)
-        return accepted
+    async def accept(self, events: Sequence[CloudEvent]) -> Accepted:
+        """Check, route and durably store a batch (all or nothing); raises EventError."""
+        routed = self.ingress.route(events)
+        appended = await self.writer.append(routed)
+        return accepted(routed, appended.stored)
 
-    def accept_reply(self, reply: Reply, trigger: str) -> None:
+    # -- what the dispatcher sends back --------------------------------------------
+
+    def record_outcomes(self, updates: list[DeliveryUpdate]) -> None:
+        """The dispatcher's acks: written with the next commit; dead letters audited after."""
+        written = self.writer.submit_update(updates)
+        if any(u.kind == UpdateKind.DEAD for u in updates):
+            written.add_done_callback(self._audit_dead_letters)
+
+    def _audit_dead_letters(self, written: asyncio.Future[dict[int, int]]) -> None:
+        if not written.cancelled() and written.exception() is None:
+            loop = asyncio.get_running_loop()
+            for dead_letter in written.result().values():
+                loop.run_in_executor(None, self._audit_dead, dead_letter)
+
+    def _audit_dead(self, dead_letter_id: int) -> None:
+        letter = self.queue.dead_letter(dead_letter_id)
+        if letter is None:
+            return
+        self.ctx.audit.record(
+            "event.dead-lettered",
+            actor="broker",
+            resource=f"event {letter.event_id} ({letter.event_type}) -> trigger/{letter.trigger}",
+            region=letter.region or self.ctx.settings.region,
+            outcome=Outcome.FAILED,
+            details={"reason": letter.reason, "dead_letter": dead_letter_id},
+        )
+
+    async def accept_reply(self, trigger: str, headers: dict[str, str], body: bytes) -> None:
         """A subscriber's reply enters the broker like any published event."""
         where = f"reply from trigger {trigger!r} rejected"
-        if reply.event is None:
-            error = EventError("the reply is not a CloudEvent", problems=[reply.problem or ""])
-            self.ingress.quarantine(error, reply.headers, reply.body, where=where, trigger=trigger)
+        reply = reply_from(headers, body)
+        if reply is None or reply.event is None:
+            problem = "no CloudEvent in the response" if reply is None else reply.problem
+            error = EventError("the reply is not a CloudEvent", problems=[problem or ""])
+            await run_in_threadpool(
+                self.ingress.quarantine, error, headers, body, where=where, trigger=trigger
+            )
             return
         try:
-            self.accept([reply.event])
+            await self.accept([reply.event])
         except ResidencyViolation as exc:
             # Audited by the policy; the out-of-region data itself is not kept.
-            self.queue.reject(f"{where}: {exc}", trigger=trigger)
+            await run_in_threadpool(self.queue.reject, f"{where}: {exc}", trigger=trigger)
         except EventError as exc:
-            self.ingress.quarantine(exc, reply.headers, reply.body, where=where, trigger=trigger)
+            await run_in_threadpool(
+                self.ingress.quarantine, exc, headers, body, where=where, trigger=trigger
+            )
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The dispatcher's environment: this process's, with these settings as FALAJ_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(settings.to_env())
+    return env
 
 
 def event_json(event: StoredEvent) -> dict[str, Any]:
@@ -175,9 +265,8 @@ def _bad_request(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=400)
 
 
-def build_app(broker: Broker) -> Starlette:
+def build_app(broker: Broker) -> ASGIApp:
     ctx = broker.ctx
-    limit = broker.config.max_body_bytes
 
     def audit_refusal(request: Request, actor: str, role: str, reason: str) -> None:
         ctx.audit.record(
@@ -191,9 +280,8 @@ def build_app(broker: Broker) -> Starlette:
         )
 
     async def authorize(request: Request, action: Action) -> Principal:
-        principal = await run_in_threadpool(
-            ctx.tokens.authenticate, request.headers.get("authorization")
-        )
+        # Inline, not in a thread: a digest and a cached lookup cost less than the hop.
+        principal = ctx.tokens.authenticate(request.headers.get("authorization"))
         try:
             principal.require(action)
         except PermissionDenied as exc:
@@ -202,55 +290,6 @@ def build_app(broker: Broker) -> Starlette:
             )
             raise
         return principal
-
-    async def read_body(request: Request) -> bytes | None:
-        """The body, or None as soon as it is known to be over the limit."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def ingress(request: Request) -> Response:
-        principal = await authorize(request, Action.PUBLISH_EVENT)
-        body = await read_body(request)
-        if body is None:
-            return JSONResponse(
-                {
-                    "error": f"the body is over the broker's limit of {limit} bytes; send "
-                    "smaller batches, or put large data in storage and send its location"
-                },
-                status_code=413,
-            )
-        headers = dict(request.headers)
-        try:
-            events = events_from_http(headers, body)
-            accepted = await run_in_threadpool(broker.accept, events)
-        except EventError as exc:
-            dead_letter = await run_in_threadpool(broker.ingress.quarantine, exc, headers, body)
-            await run_in_threadpool(
-                ctx.audit.record,
-                "event.rejected",
-                actor=principal.subject,
-                role=str(principal.role),
-                resource=f"broker/{broker.config.name}",
-                region=ctx.settings.region,
-                outcome=Outcome.REFUSED,
-                details={"reason": str(exc), "dead_letter": dead_letter},
-            )
-            return JSONResponse(
-                {"error": str(exc), "problems": exc.problems, "dead_letter": dead_letter},
-                status_code=400,
-            )
-        return JSONResponse(
-            {"accepted": list(accepted.ids), "duplicates": list(accepted.duplicates)},
-            status_code=202,
-        )
 
     async def list_events(request: Request) -> Response:
         await authorize(request, Action.READ)
@@ -332,7 +371,8 @@ def build_app(broker: Broker) -> Starlette:
             region=ctx.settings.region,
             details={"delivery": delivery},
         )
-        broker.dispatcher.notify([trigger] if trigger else None)
+        if delivery is not None:
+            broker.dispatcher.replayed(delivery)
         return JSONResponse({"replayed": int(raw_id), "delivery": delivery}, status_code=202)
 
     async def healthz(_: Request) -> Response:
@@ -343,8 +383,10 @@ def build_app(broker: Broker) -> Starlette:
             await run_in_threadpool(broker.queue.ping)
         except Exception as exc:
             return JSONResponse({"status": f"queue unreadable: {exc}"}, status_code=503)
-        if not broker.dispatcher.alive():
+        if not broker.dispatcher.ready():
             return JSONResponse({"status": "dispatcher not running"}, status_code=503)
+        if not broker.writer.alive():
+            return JSONResponse({"status": "queue writer not running"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def on_auth_error(request: Request, exc: Exception) -> Response:
@@ -360,15 +402,14 @@ def build_app(broker: Broker) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await run_in_threadpool(broker.start)
+        await broker.start()
         try:
             yield
         finally:
-            await run_in_threadpool(broker.stop)
+            await broker.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=[
-            Route("/", ingress, methods=["POST"]),
             Route("/events", list_events, methods=["GET"]),
             Route("/dead-letters", list_dead_letters, methods=["GET"]),
             Route("/dead-letters/{id}/replay", replay, methods=["POST"]),
@@ -378,6 +419,28 @@ def build_app(broker: Broker) -> Starlette:
         exception_handlers={AuthError: on_auth_error, FalajError: on_falaj_error},
         lifespan=lifespan,
     )
+    ingress = IngressEndpoint(
+        ctx,
+        broker.ingress,
+        broker.accept,
+        broker=broker.config.name,
+        max_body_bytes=broker.config.max_body_bytes,
+    )
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/":
+            if scope["method"] == "POST":
+                await ingress(scope, receive, send)
+                return
+            await JSONResponse(
+                {"error": "the ingress takes POST (CloudEvents over HTTP)"},
+                status_code=405,
+                headers={"Allow": "POST"},
+            )(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return route
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -387,7 +450,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker", help="which Broker of the topology this process is")
     parser.add_argument("--db", type=Path, help="the queue (default <home>/broker/queue.db)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    parser.add_argument("--lane-concurrency", type=int, default=1)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help="deliveries in flight per Trigger whose subscriber declares no containerConcurrency",
+    )
     return parser.parse_args(argv)
 
 
@@ -418,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=name,
             db_path=args.db or ctx.paths.broker / "queue.db",
             max_body_bytes=args.max_body_bytes,
-            lane_concurrency=args.lane_concurrency,
+            default_concurrency=args.concurrency,
         ),
     )
     config = uvicorn.Config(
@@ -430,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Requests in flight at SIGTERM get this long; then lifespan stops the dispatcher.
         timeout_graceful_shutdown=5,
     )
+    # What start-up made lives as long as the process: keep the collector off it.
+    gc.freeze()
     uvicorn.Server(config).run()
     return 0
 

@@ -35,6 +35,11 @@ class Paths:
         return self.home / "quarantine"
 
     @property
+    def quality(self) -> Path:
+        """Data-quality reports, one per ingested batch."""
+        return self.home / "quality"
+
+    @property
     def feast(self) -> Path:
         return self.home / "feast"
 

@@ -13,6 +13,8 @@
     │   └── SignatureInvalid   its signature is missing or does not match
     ├── RegistryError          a model or version is unknown
     ├── SchemaError            a data file does not fit the feature schema at all
+    ├── StorageError           an object cannot be located or read from here
+    │   └── ObjectKeyError     its key would name something outside its bucket
     ├── ManifestError          a manifest cannot be read into the local runtime
     └── RuntimeStartError      a local process would not start or get ready
 
@@ -63,9 +65,15 @@ class PublishError(FalajError):
     """Raised when the broker cannot be reached or refuses an event being published.
 
     A 503: the caller's own delivery should be retried, not dead-lettered.
+    ``status_code`` is the broker's answer, or None when none came (down, timeout);
+    a source that must settle a message (ack or dead-letter it) decides by it.
     """
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class AuthError(FalajError):
@@ -110,6 +118,19 @@ class SchemaError(FalajError):
     """Raised when a data file cannot be read against the feature schema at all."""
 
     status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class StorageError(FalajError):
+    """Raised when an object's bucket and key cannot be turned into something readable here.
+
+    A 422: the same event will fail the same way, so it is dead-lettered, not retried.
+    """
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class ObjectKeyError(StorageError):
+    """Raised when a key is absolute, has ``..`` segments, or resolves outside its bucket."""
 
 
 class ManifestError(FalajError):

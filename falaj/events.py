@@ -9,6 +9,7 @@ whose region the residency policy does not allow.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,9 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from cloudevents.http import CloudEvent
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from falaj.errors import EventError
+from falaj.objects import decode_key
 from falaj.residency import Boundary, ResidencyPolicy
 
 SPECVERSION = "1.0"
@@ -28,9 +39,10 @@ REGION_EXTENSION = "dataregion"
 
 
 class EventType(StrEnum):
-    OBJECT_FINALIZED = "dev.falaj.storage.object.finalized"
+    OBJECT_CREATED = "dev.falaj.storage.object.created"
     DATA_INGESTED = "dev.falaj.data.ingested"
     DATA_REJECTED = "dev.falaj.data.rejected"
+    DATA_QUALITY = "dev.falaj.data.quality"
     TRAINING_REQUESTED = "dev.falaj.training.requested"
     TRAINING_STARTED = "dev.falaj.training.started"
     TRAINING_COMPLETED = "dev.falaj.training.completed"
@@ -39,31 +51,182 @@ class EventType(StrEnum):
     MODEL_DEPLOYED = "dev.falaj.model.deployed"
     INFERENCE_LOGGED = "dev.falaj.inference.logged"
     DRIFT_DETECTED = "dev.falaj.drift.detected"
+    # Knative's source types, kept as Knative names them so that the same
+    # Triggers match on a cluster and locally.
+    RABBITMQ_MESSAGE = "dev.knative.rabbitmq.event"
+    KAFKA_RECORD = "dev.knative.kafka.event"
+    PING = "dev.knative.sources.ping"
 
 
 class EventData(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ObjectFinalized(EventData):
-    """A file was written to a watched storage location (like a GCS/S3 object event)."""
+class S3Record(BaseModel):
+    """Part of an S3 event notification record, in S3's own field names.
 
-    location: str = Field(description="URI of the object, e.g. file:///srv/landing/tx.csv")
-    name: str
+    S3 adds fields with each ``eventVersion`` (2.1 to 2.6 so far) and MinIO
+    adds its own (``source``, ``contentType``, ``userMetadata``): unknown fields
+    are kept, not refused, so a real notification validates as it was sent.
+    The fields Falaj reads are declared and typed. Fields S3 leaves out are
+    left out when serialized too, rather than sent as ``null``.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        validate_by_alias=True,
+        validate_by_name=True,
+        serialize_by_alias=True,
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        return {name: value for name, value in dumped.items() if value is not None}
+
+
+class S3Identity(S3Record):
+    principal_id: str | None = Field(default=None, alias="principalId")
+
+
+class S3Bucket(S3Record):
+    name: str = Field(min_length=1)
+    arn: str | None = Field(default=None, description="arn:aws:s3:::<name>")
+    owner_identity: S3Identity | None = Field(default=None, alias="ownerIdentity")
+
+
+class S3Object(S3Record):
+    key: str = Field(min_length=1, description="the object key, URL-encoded as S3 sends it")
     size: int = Field(ge=0)
-    generation: str = Field(description="version of the object; re-delivery of it is a no-op")
-    content_type: str = "text/csv"
+    e_tag: str = Field(alias="eTag", min_length=1, description="MD5 hex of a single-part upload")
+    version_id: str | None = Field(
+        default=None, alias="versionId", description="absent in an unversioned bucket"
+    )
+    sequencer: str | None = Field(
+        default=None, description="hex; a later event for the same key has a greater one"
+    )
+    content_type: str | None = Field(default=None, alias="contentType", description="MinIO's")
+
+
+class S3Entity(S3Record):
+    s3_schema_version: str | None = Field(default=None, alias="s3SchemaVersion")
+    configuration_id: str | None = Field(default=None, alias="configurationId")
+    bucket: S3Bucket
+    object: S3Object
+
+
+#: ``ObjectCreated:Put`` from S3, ``s3:ObjectCreated:Put`` from MinIO.
+_OBJECT_CREATED = re.compile(r"^(s3:)?ObjectCreated:[A-Za-z]+$")
+
+
+class ObjectCreated(S3Record, EventData):
+    """An object was created in a bucket: one S3 (or MinIO) event notification record.
+
+    The local storage source emits the same record for a file in its landing
+    folder, so the functions take S3 and MinIO notifications unchanged. A
+    notification body with a one-record ``Records`` list is accepted as that record.
+    """
+
+    # Pydantic merges the bases' configs with EventData's ``extra="forbid"`` last;
+    # restate S3Record's so that unknown S3 fields are kept here too.
+    model_config = ConfigDict(**S3Record.model_config)
+
+    event_version: str = Field(alias="eventVersion", description="e.g. 2.1")
+    event_source: str = Field(alias="eventSource", description="aws:s3, minio:s3, falaj:storage")
+    aws_region: str = Field(alias="awsRegion", description="the bucket's region; MinIO may send ''")
+    event_time: datetime = Field(alias="eventTime")
+    event_name: str = Field(alias="eventName", description="ObjectCreated:Put, ...")
+    user_identity: S3Identity | None = Field(default=None, alias="userIdentity")
+    request_parameters: dict[str, Any] | None = Field(default=None, alias="requestParameters")
+    response_elements: dict[str, Any] | None = Field(default=None, alias="responseElements")
+    s3: S3Entity
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_record(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "Records" in data:
+            records = data["Records"]
+            if not isinstance(records, list) or len(records) != 1:
+                count = len(records) if isinstance(records, list) else type(records).__name__
+                raise ValueError(
+                    f"expected one record per event (a record, or a body whose Records holds "
+                    f"one), got Records of {count}; send each record as its own event"
+                )
+            return records[0]
+        return data
+
+    @field_validator("event_name")
+    @classmethod
+    def _created(cls, value: str) -> str:
+        if not _OBJECT_CREATED.match(value):
+            raise ValueError(
+                f"expected an ObjectCreated event name such as 'ObjectCreated:Put' "
+                f"(MinIO: 's3:ObjectCreated:Put'), got {value!r}"
+            )
+        return value
+
+    @property
+    def bucket(self) -> str:
+        return self.s3.bucket.name
+
+    @property
+    def key(self) -> str:
+        """The object key, decoded (S3 and MinIO URL-encode it in notifications)."""
+        return decode_key(self.s3.object.key)
+
+    @property
+    def object_version(self) -> str:
+        """What names this content of the object: its versionId, or its eTag when unversioned."""
+        if self.s3.object.version_id:
+            return self.s3.object.version_id
+        return "etag:" + self.s3.object.e_tag.strip('"')
 
 
 class DataIngested(EventData):
     dataset: str
     location: str
-    generation: str
+    object_version: str
     rows_total: int = Field(ge=0)
     rows_ingested: int = Field(ge=0)
     rows_quarantined: int = Field(ge=0)
     offline_location: str
     quarantine_location: str | None = None
+    #: The batch's data-quality report (also sent as ``data.quality``).
+    quality_location: str | None = None
+
+
+class ColumnQuality(EventData):
+    """How one column looked in a batch. A PII column shows its null rate only."""
+
+    #: Share of the batch's rows where the value was missing (null or blank), before checks.
+    null_rate: float = Field(ge=0, le=1)
+    #: Over the good rows: numbers and timestamps.
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    #: p1, p5, p50, p95, p99 of a uniform sample of the good rows' values.
+    quantiles: dict[str, float] = Field(default_factory=dict)
+    #: Good rows per value, for columns with allowed values.
+    counts: dict[str, int] = Field(default_factory=dict)
+    earliest: str | None = None
+    latest: str | None = None
+
+
+class DataQuality(EventData):
+    """The data-quality report of one ingested batch (also stored as JSON)."""
+
+    dataset: str
+    location: str
+    object_version: str
+    rows_total: int = Field(ge=0)
+    rows_ingested: int = Field(ge=0)
+    rows_quarantined: int = Field(ge=0)
+    #: Quarantined rows per column whose rule they broke (a row may count for several).
+    rejected_by_column: dict[str, int]
+    columns: dict[str, ColumnQuality]
+    report_location: str
 
 
 class DataRejected(EventData):
@@ -141,6 +304,35 @@ class DriftDetected(EventData):
     drifted_features: list[str]
 
 
+class StreamRecord(EventData):
+    """One record from a queue or a topic (a RabbitMQ message, a Kafka record): a JSON object.
+
+    Its fields are the producer's, so the catalog cannot list them; the
+    function that takes records checks them against the feature schema. What
+    the catalog checks is what every consumer relies on: the body is one JSON
+    object with at least one field -- not an array, a scalar, or bytes that are
+    not JSON (those become dead letters at the broker, with the reason).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra={"minProperties": 1})
+
+    @model_validator(mode="after")
+    def _has_fields(self) -> StreamRecord:
+        if not self.model_extra:
+            raise ValueError("expected a JSON object with at least one field, got {}")
+        return self
+
+
+class Ping(EventData):
+    """The ``data`` of Falaj's PingSources: the model a scheduled action is for.
+
+    Knative's PingSource sends its ``spec.data`` as written; the manifests'
+    PingSources write ``{"model": "<name>"}`` with contentType application/json.
+    """
+
+    model: str = Field(min_length=1, description="the registry model, e.g. fraud")
+
+
 @dataclass(frozen=True)
 class EventSpec:
     event_type: EventType
@@ -153,16 +345,22 @@ CATALOG: Mapping[EventType, EventSpec] = {
     spec.event_type: spec
     for spec in (
         EventSpec(
-            EventType.OBJECT_FINALIZED,
+            EventType.OBJECT_CREATED,
             "/falaj/sources/storage",
-            ObjectFinalized,
-            "a file landed in a watched storage location",
+            ObjectCreated,
+            "an object was created in a bucket (an S3 event notification record)",
         ),
         EventSpec(
             EventType.DATA_INGESTED,
             "/falaj/functions/ingest",
             DataIngested,
             "a file was validated; good rows are in the feature store",
+        ),
+        EventSpec(
+            EventType.DATA_QUALITY,
+            "/falaj/functions/ingest",
+            DataQuality,
+            "the data-quality report of one ingested batch: counts, null rates, ranges, spread",
         ),
         EventSpec(
             EventType.DATA_REJECTED,
@@ -214,6 +412,25 @@ CATALOG: Mapping[EventType, EventSpec] = {
             "/falaj/functions/drift",
             DriftDetected,
             "production inputs drifted from the reference profile",
+        ),
+        # Knative's sources name the resource in ``source``; these are the patterns.
+        EventSpec(
+            EventType.RABBITMQ_MESSAGE,
+            "/apis/v1/namespaces/{namespace}/rabbitmqsources/{name}#{queue}",
+            StreamRecord,
+            "a message from a RabbitMQ queue that was not a CloudEvent already",
+        ),
+        EventSpec(
+            EventType.KAFKA_RECORD,
+            "/apis/v1/namespaces/{namespace}/kafkasources/{name}#{topic}",
+            StreamRecord,
+            "a record from a Kafka topic (KafkaSource, on a cluster)",
+        ),
+        EventSpec(
+            EventType.PING,
+            "/apis/v1/namespaces/{namespace}/pingsources/{name}",
+            Ping,
+            "a PingSource's scheduled tick, e.g. off-peak retraining",
         ),
     )
 }

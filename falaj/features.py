@@ -1,11 +1,17 @@
 """The feature store of a platform: Feast, pointed at the platform's own folders.
 
-The Feast objects (entity, sources, feature view, feature service) are built
-from the feature schema by ``feast_definitions``, once, for both uses:
+The Feast objects of a dataset (its entity, sources and feature view) and of
+each model reading it (a feature service) are built from the dataset's schema
+and the models' specs by ``feast_definitions``, once, for both uses:
 ``feature_repo/definitions.py`` calls it for ``feast apply`` on a cluster, and
 ``FeatureStoreClient`` calls it with the paths of a local home (``<home>/offline``
-for the parquet dataset, ``<home>/feast`` for the registry and the SQLite online
-store), building the ``RepoConfig`` in code so no YAML file is rewritten.
+for the parquet datasets, ``<home>/feast`` for the registry and the SQLite online
+store), building the ``RepoConfig`` in code so no YAML file is rewritten. Their
+names come from the dataset and the model (``feature_view_name`` and the others
+below): the entity is named after its join key, so datasets keyed by the same
+column share it. With
+``FALAJ_ONLINE_STORE`` / ``FALAJ_FEATURE_REGISTRY`` set, the online store is
+Redis and the registry PostgreSQL instead (``falaj/feast_stores.py``).
 
 ``import feast`` costs seconds, so it happens on first use, not on import.
 """
@@ -13,39 +19,69 @@ store), building the ``RepoConfig`` in code so no YAML file is rewritten.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from falaj.context import Context
 from falaj.errors import SchemaError
+from falaj.feast_stores import FeastStores, SqliteOnline
+from falaj.feature_repo import FeatureRepo
+from falaj.model_spec import ModelSpec
+from falaj.online_times import OnlineTimes
 from falaj.schema import DType, FeatureSchema
+from falaj.validation import UTC_NS, arrow_schema
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource, PushSource
 
 PROJECT = "falaj"
-ENTITY = "card"
-FEATURE_VIEW = "transaction_features"
-PUSH_SOURCE = "transactions_push"
-FEATURE_SERVICE = "fraud_model"
 #: When a row reached the offline store; Feast keeps the latest of equal keys.
 INGESTED_AT = "ingested_at"
-#: How far back a point-in-time join looks for a card's features. Training rows
-#: are joined at their own timestamps (they are feature rows too), so this only
-#: bounds how stale a feature may be for a row between a card's transactions;
-#: a week covers the demo's cards, which transact every few days over 30 days.
+#: How far back a point-in-time join looks for an entity's features. Training
+#: rows are joined at their own timestamps (they are feature rows too), so this
+#: only bounds how stale a feature may be for a row between an entity's rows; a
+#: week covers the demo's cards, which transact every few days over 30 days.
 TTL = timedelta(days=7)
 PARTITION = "date"
+
+
+def batch_source_name(dataset: str) -> str:
+    return f"{dataset}_offline"
+
+
+def push_source_name(dataset: str) -> str:
+    return f"{dataset}_push"
+
+
+def feature_view_name(dataset: str) -> str:
+    return f"{dataset}_features"
+
+
+def feature_service_name(model: str) -> str:
+    """A model's feature service: its inputs, in its input order."""
+    return f"{model}_model"
+
+
+def online_times_file(dataset: str) -> str:
+    """Beside Feast's SQLite online store: each entity's newest event time in a dataset's view.
+
+    One per dataset: two datasets may share entity values (and an entity) but
+    not their rows' times.
+    """
+    return f"online_times_{dataset}.db"
 
 
 @dataclass(frozen=True)
@@ -54,7 +90,8 @@ class FeastDefinitions:
     batch_source: FileSource
     push_source: PushSource
     feature_view: FeatureView
-    feature_service: FeatureService
+    #: One per model that reads the dataset, by model name.
+    feature_services: dict[str, FeatureService] = field(default_factory=dict)
 
     def objects(self) -> list[Any]:
         return [
@@ -62,40 +99,48 @@ class FeastDefinitions:
             self.batch_source,
             self.push_source,
             self.feature_view,
-            self.feature_service,
+            *self.feature_services.values(),
         ]
 
 
-def feast_definitions(schema: FeatureSchema, *, offline_path: str) -> FeastDefinitions:
-    """The Feast objects of a dataset whose parquet files live under ``offline_path``."""
-    from feast import (
-        Entity,
-        FeatureService,
-        FeatureView,
-        Field,
-        FileSource,
-        PushSource,
-        ValueType,
-    )
+def feast_definitions(
+    schema: FeatureSchema,
+    *,
+    offline_path: str,
+    models: Sequence[ModelSpec] = (),
+    entity: Entity | None = None,
+) -> FeastDefinitions:
+    """The Feast objects of a dataset whose parquet files live under ``offline_path``.
+
+    ``models`` read the dataset (a feature service each); ``entity`` is the
+    entity another dataset keyed by the same column already made, to share it.
+    """
+    from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
     from feast.types import Float64, Int64, String
 
     feast_types = {DType.FLOAT: Float64, DType.INT: Int64, DType.STRING: String}
-    # Feast needs an entity's value type stated, or it guesses (STACK.md).
-    entity = Entity(
-        name=ENTITY,
-        join_keys=[schema.entity],
-        value_type=ValueType.STRING,
-        description=schema.column(schema.entity).description,
-    )
+    if entity is None:
+        # Feast needs an entity's value type stated, or it guesses (STACK.md).
+        entity = Entity(
+            name=schema.entity,
+            join_keys=[schema.entity],
+            value_type=ValueType.STRING,
+            description=schema.column(schema.entity).description,
+        )
+    elif entity.join_key != schema.entity:
+        raise SchemaError(
+            f"dataset {schema.dataset!r} is keyed by {schema.entity!r}; the entity given joins "
+            f"on {entity.join_key!r}"
+        )
     batch = FileSource(
-        name=f"{schema.dataset}_offline",
+        name=batch_source_name(schema.dataset),
         path=offline_path,
         timestamp_field=schema.timestamp,
         created_timestamp_column=INGESTED_AT,
     )
-    push = PushSource(name=PUSH_SOURCE, batch_source=batch)
+    push = PushSource(name=push_source_name(schema.dataset), batch_source=batch)
     view = FeatureView(
-        name=FEATURE_VIEW,
+        name=feature_view_name(schema.dataset),
         entities=[entity],
         ttl=TTL,
         schema=[
@@ -109,12 +154,43 @@ def feast_definitions(schema: FeatureSchema, *, offline_path: str) -> FeastDefin
         source=push,
         online=True,
     )
-    service = FeatureService(
-        name=FEATURE_SERVICE,
-        features=[view[list(schema.feature_names)]],
-        description="the inputs of the fraud model, in its input order",
+    services = {spec.name: model_feature_service(view, spec) for spec in models}
+    return FeastDefinitions(entity, batch, push, view, services)
+
+
+def repo_definitions(repo: FeatureRepo, *, offline_root: str) -> list[FeastDefinitions]:
+    """The Feast objects of every dataset and model of ``repo``, one entity per join key.
+
+    Each dataset's parquet files live under ``<offline_root>/<dataset>``.
+    """
+    entities: dict[str, Entity] = {}
+    definitions = []
+    for name, schema in repo.datasets.items():
+        made = feast_definitions(
+            schema,
+            offline_path=f"{offline_root}/{name}",
+            models=repo.models_of(name),
+            entity=entities.get(schema.entity),
+        )
+        entities.setdefault(schema.entity, made.entity)
+        definitions.append(made)
+    return definitions
+
+
+def model_feature_service(view: FeatureView, spec: ModelSpec) -> FeatureService:
+    """The feature service of a model reading ``view``: its inputs, in its input order."""
+    from feast import FeatureService
+
+    if view.name != feature_view_name(spec.dataset):
+        raise SchemaError(
+            f"model {spec.name!r} reads dataset {spec.dataset!r} (feature view "
+            f"{feature_view_name(spec.dataset)!r}), not the feature view {view.name!r}"
+        )
+    return FeatureService(
+        name=feature_service_name(spec.name),
+        features=[view[list(spec.features)]],
+        description=f"the inputs of the {spec.name} model, in its input order",
     )
-    return FeastDefinitions(entity, batch, push, view, service)
 
 
 @dataclass(frozen=True)
@@ -129,134 +205,182 @@ class DroppedRows:
 
 @dataclass(frozen=True)
 class TrainingSet:
-    #: card_id, event_timestamp, the model inputs and the label, one row per labelled row.
+    #: The entity key, the timestamp, the label and the model's inputs, one row per labelled row.
     frame: pd.DataFrame
     dropped: DroppedRows
 
 
 class FeatureStoreClient:
-    """Feast for one platform home: apply, write offline, push online, read both."""
+    """Feast for one dataset of a platform home: apply, write offline, push online, read both.
 
-    def __init__(self, ctx: Context, schema: FeatureSchema) -> None:
+    ``models`` are the models reading the dataset whose feature services
+    ``apply`` registers; a model not among them can still be read for.
+    """
+
+    def __init__(
+        self, ctx: Context, schema: FeatureSchema, models: Sequence[ModelSpec] = ()
+    ) -> None:
         self.ctx = ctx
         self.schema = schema
+        self.models = tuple(models)
         self.offline_root = ctx.paths.offline / schema.dataset
         self._store: FeatureStore | None = None
         self._definitions: FeastDefinitions | None = None
+        self._feature_services: dict[str, FeatureService] = {}
+        #: Only for the SQLite online store (``falaj.online_times``); Redis needs none.
+        self._online_times: OnlineTimes | None = None
 
     # -- Feast, built on first use ---------------------------------------------
 
     @property
     def definitions(self) -> FeastDefinitions:
         if self._definitions is None:
-            self._definitions = feast_definitions(self.schema, offline_path=str(self.offline_root))
+            self._definitions = feast_definitions(
+                self.schema, offline_path=str(self.offline_root), models=self.models
+            )
         return self._definitions
 
     @property
     def store(self) -> FeatureStore:
         if self._store is None:
             from feast import FeatureStore, RepoConfig
-            from feast.repo_config import RegistryConfig
 
             feast_dir = self.ctx.paths.feast
+            stores = FeastStores.of(self.ctx.settings, feast_dir)
+            # Before Feast connects to a store or a file of theirs is made.
+            stores.check(self.ctx.policy)
             feast_dir.mkdir(parents=True, exist_ok=True)
             config = RepoConfig(
                 project=PROJECT,
                 provider="local",
-                registry=RegistryConfig(
-                    path=str(feast_dir / "registry.db"),
-                    # Another process (ingest, training) may apply; a short cache sees it.
-                    cache_ttl_seconds=5,
-                ),
-                online_store={"type": "sqlite", "path": str(feast_dir / "online.db")},
+                # Another process (ingest, training) may apply; a short cache sees it.
+                registry=stores.registry.feast_config(cache_ttl_seconds=5),
+                online_store=stores.online.feast_config(),
                 offline_store={"type": "file"},
                 entity_key_serialization_version=3,
                 repo_path=str(feast_dir),
             )
             self._store = FeatureStore(config=config)
+            if isinstance(stores.online, SqliteOnline):
+                self._online_times = OnlineTimes(
+                    stores.online.path.with_name(online_times_file(self.schema.dataset))
+                )
         return self._store
+
+    def feature_service(self, model: ModelSpec) -> FeatureService:
+        """A model's feature service, from the registry once: looking it up on every
+        read cost 5 ms of a 5.2 ms single-entity read (benchmarks/ingest.py). Feast
+        reads through a service only once it is registered (``apply``)."""
+        if model.dataset != self.schema.dataset:
+            raise SchemaError(
+                f"model {model.name!r} reads dataset {model.dataset!r}, not "
+                f"{self.schema.dataset!r}; read it through a client of its own dataset"
+            )
+        if model.name not in self._feature_services:
+            from feast.errors import FeatureServiceNotFoundException
+
+            name = feature_service_name(model.name)
+            try:
+                service = self.store.get_feature_service(name)
+            except FeatureServiceNotFoundException:
+                raise SchemaError(
+                    f"the feature service {name!r} of model {model.name!r} is not registered; "
+                    f"expected it applied with dataset {self.schema.dataset!r}: apply a "
+                    "FeatureStoreClient given the model (ingest does at its start)"
+                ) from None
+            self._feature_services[model.name] = service
+        return self._feature_services[model.name]
+
+    @property
+    def feature_refs(self) -> list[str]:
+        """Every feature the dataset stores, as Feast references (``view:feature``)."""
+        view = feature_view_name(self.schema.dataset)
+        return [f"{view}:{name}" for name in self.schema.stored_features]
 
     def apply(self) -> None:
         """Register the definitions and create the online tables; a second call changes nothing."""
+        store = self.store  # its stores' residency is checked first
+        # The batch source names the offline dataset: checked before its folder is made.
+        self.ctx.policy.check_location(str(self.offline_root))
         self.offline_root.mkdir(parents=True, exist_ok=True)
-        self.store.apply(self.definitions.objects())
+        store.apply(self.definitions.objects())
 
     # -- writing ----------------------------------------------------------------
 
-    def write_offline(self, frame: pd.DataFrame) -> str:
-        """Append validated rows to the offline dataset, one file per event date.
+    def offline_batch(self) -> OfflineBatch:
+        """Rows for the offline dataset, staged until ``commit`` (residency checked first)."""
+        self.ctx.policy.check_location(str(self.offline_root))
+        return OfflineBatch(self.offline_root, self.timestamp_column, self._arrow_schema())
 
-        Returns the dataset's location. Each file is written under a dot-name and
-        renamed into place, so a reader never sees half a file.
-        """
-        location = str(self.offline_root)
-        self.ctx.policy.check_location(location)
-        if frame.empty:
-            return location
-        table_schema = self._arrow_schema()
-        stamped = frame[list(self.schema.column_names)].copy()
-        stamped[INGESTED_AT] = pd.Timestamp(datetime.now(UTC)).as_unit("ns")
-        dates = stamped[self.schema.timestamp].dt.strftime("%Y-%m-%d")
-        part = uuid.uuid4().hex
-        for date, rows in stamped.groupby(dates, sort=True):
-            folder = self.offline_root / f"{PARTITION}={date}"
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / f"part-{part}.parquet"
-            partial = folder / f".part-{part}.parquet.tmp"
-            table = pa.Table.from_pandas(rows, schema=table_schema, preserve_index=False)
-            pq.write_table(table, partial)
-            os.replace(partial, final)
-        return location
+    def write_offline(self, frame: pd.DataFrame) -> str:
+        """Append validated rows (typed) to the offline dataset; returns its location."""
+        batch = self.offline_batch()
+        batch.write(pa.Table.from_pandas(frame, preserve_index=False))
+        batch.commit()
+        return str(self.offline_root)
+
+    @property
+    def timestamp_column(self) -> str:
+        return self.schema.timestamp
 
     def push_online(self, frame: pd.DataFrame) -> int:
-        """Make each card's newest row its online features; returns the cards updated.
+        """Make each entity's newest row its online features; returns the entities updated.
 
-        The SQLite online store overwrites whatever is there, so rows older than
-        what is already online (a late file) are left out here.
+        A row older than what the store already serves for its entity (a late
+        file) is left out: Feast's Redis store skips it by itself, and for the
+        SQLite store, which takes whatever comes, ``falaj.online_times`` says
+        which rows are fresher under the same lock as the push.
         """
-        from feast.data_source import PushMode
-
         if frame.empty:
             return 0
         entity, ts = self.schema.entity, self.schema.timestamp
         newest = frame.sort_values(ts, kind="mergesort").drop_duplicates(entity, keep="last")
-        online = self._online_seconds(newest[entity].tolist())
-        pushed_seconds = newest[ts].astype("int64").to_numpy() // 1_000_000_000
-        # Equal times go through: a later ingest of the same key wins, as offline.
-        fresher = newest[pushed_seconds >= online]
-        if fresher.empty:
-            return 0
-        columns = [entity, ts, *self.schema.stored_features]
-        pushed = fresher[columns].reset_index(drop=True)
+        online_times = self.online_times
+        if online_times is None:
+            self._push(newest)
+            return len(newest)
+        entities = newest[entity].astype(str).tolist()
+        seconds = newest[ts].astype("int64").to_numpy() // 1_000_000_000
+        with online_times.guard() as times:
+            fresher = times.fresher(entities, seconds)
+            if fresher.any():
+                self._push(newest[fresher])
+                times.record(
+                    [e for e, f in zip(entities, fresher, strict=True) if f], seconds[fresher]
+                )
+        return int(fresher.sum())
+
+    @property
+    def online_times(self) -> OnlineTimes | None:
+        """The SQLite online store's index of event times; None for Redis (opened with it)."""
+        if self._store is None:
+            self.store.config  # noqa: B018 - building the store opens the index
+        return self._online_times
+
+    def _push(self, rows: pd.DataFrame) -> None:
+        from feast.data_source import PushMode
+
+        columns = [self.schema.entity, self.schema.timestamp, *self.schema.stored_features]
+        pushed = rows[columns].reset_index(drop=True)
         pushed[INGESTED_AT] = pd.Timestamp(datetime.now(UTC)).as_unit("ns")
-        self.store.push(PUSH_SOURCE, pushed, to=PushMode.ONLINE)
-        return len(fresher)
-
-    def _online_seconds(self, card_ids: list[str]) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """The event time (epoch seconds) of each card's online row; -1 where it has none."""
-        from feast.online_response import TIMESTAMP_POSTFIX
-
-        first = self.schema.stored_features[0]
-        response = self.store.get_online_features(
-            features=[f"{FEATURE_VIEW}:{first}"],
-            entity_rows=[{self.schema.entity: card} for card in card_ids],
-        ).to_dict(include_event_timestamps=True)
-        values = response[first]
-        seconds = response[first + TIMESTAMP_POSTFIX]
-        return np.array(
-            [s if v is not None else -1 for v, s in zip(values, seconds, strict=True)],
-            dtype=np.int64,
-        )
+        self.store.push(push_source_name(self.schema.dataset), pushed, to=PushMode.ONLINE)
 
     # -- reading ----------------------------------------------------------------
 
-    def online_features(self, card_ids: Sequence[str]) -> dict[str, list[Any]]:
-        """The model inputs of each card, as served (None where a card is unknown)."""
+    def online_features(
+        self, keys: Sequence[str], model: ModelSpec | None = None
+    ) -> dict[str, list[Any]]:
+        """Each entity's features as served (None where an entity is unknown), by name.
+
+        With a model, its inputs in its input order; without, every feature the
+        dataset stores. ``keys`` are values of the dataset's entity key.
+        """
         response = self.store.get_online_features(
-            features=self.store.get_feature_service(FEATURE_SERVICE),
-            entity_rows=[{self.schema.entity: card} for card in card_ids],
+            features=self.feature_service(model) if model is not None else self.feature_refs,
+            entity_rows=[{self.schema.entity: key} for key in keys],
         ).to_dict()
-        names = [self.schema.entity, *self.schema.feature_names]
+        features = model.features if model is not None else self.schema.stored_features
+        names = [self.schema.entity, *features]
         return {name: list(response[name]) for name in names}
 
     def labelled_rows(self) -> pd.DataFrame:
@@ -269,14 +393,17 @@ class FeatureStoreClient:
         )
         return dataset.to_table(columns=columns).to_pandas()
 
-    def training_frame(self, entity_rows: pd.DataFrame | None = None) -> TrainingSet:
-        """A point-in-time correct training set, with every row left out accounted for.
+    def training_frame(
+        self, model: ModelSpec, entity_rows: pd.DataFrame | None = None
+    ) -> TrainingSet:
+        """``model``'s point-in-time correct training set, every row left out accounted for.
 
         By default the entity rows are every labelled row in the offline store
         (the latest ingest of each key). Feast's file store drops an entity row
-        whose card has data but none within ``TTL`` before the row (e.g. the row
-        is older than all of its card's data) instead of returning nulls; those
-        rows, and rows of cards with no data at all, are counted with their reason.
+        whose entity has data but none within ``TTL`` before the row (e.g. the
+        row is older than all of its entity's data) instead of returning nulls;
+        those rows, and rows of entities with no data at all, are counted with
+        their reason.
         """
         entity, ts, label = self.schema.entity, self.schema.timestamp, self.schema.label
         by_reason: dict[str, int] = {}
@@ -299,12 +426,12 @@ class FeatureStoreClient:
         wanted = entity_rows.reset_index(drop=True).copy()
         wanted[ts] = pd.to_datetime(wanted[ts], utc=True)
         wanted["_row"] = np.arange(len(wanted))
-        # Feast's file store fails on rows of cards it has never seen (their
+        # Feast's file store fails on rows of entities it has never seen (their
         # null created-timestamps break its sort), so they are counted here.
         known = wanted[entity].isin(stored[entity])
-        _count(by_reason, "whose card has no feature data at all", int((~known).sum()))
+        _count(by_reason, "whose entity has no feature data at all", int((~known).sum()))
         wanted = wanted[known]
-        names = list(self.schema.feature_names)
+        names = list(model.features)
         columns = [c for c in wanted.columns if c != "_row"] + names
         if wanted.empty:
             empty = wanted.reindex(columns=columns)
@@ -314,16 +441,16 @@ class FeatureStoreClient:
             warnings.simplefilter("ignore", FutureWarning)
             joined = self.store.get_historical_features(
                 entity_df=wanted,
-                features=self.store.get_feature_service(FEATURE_SERVICE),
+                features=self.feature_service(model),
             ).to_df()
         lost = wanted[~wanted["_row"].isin(joined["_row"])]
         if len(lost):
             first_seen = stored.groupby(entity)[ts].min()
             older = lost[ts] < lost[entity].map(first_seen)
-            _count(by_reason, "older than all of their card's feature data", int(older.sum()))
+            _count(by_reason, "older than all of their entity's feature data", int(older.sum()))
             _count(
                 by_reason,
-                f"with no feature row of their card in the ttl ({TTL.days} days) before them",
+                f"with no feature row of their entity in the ttl ({TTL.days} days) before them",
                 int((~older).sum()),
             )
         empty_rows = joined[names].isna().all(axis=1)
@@ -332,15 +459,74 @@ class FeatureStoreClient:
         return TrainingSet(frame=kept[columns], dropped=_dropped(by_reason))
 
     def _arrow_schema(self) -> pa.Schema:
-        arrow_types = {
-            DType.STRING: pa.string(),
-            DType.TIMESTAMP: pa.timestamp("ns", tz="UTC"),
-            DType.FLOAT: pa.float64(),
-            DType.INT: pa.int64(),
-        }
-        fields = [pa.field(c.name, arrow_types[c.dtype]) for c in self.schema.columns]
-        fields.append(pa.field(INGESTED_AT, pa.timestamp("ns", tz="UTC")))
-        return pa.schema(fields)
+        """The offline rows: the schema's columns, then when each was ingested."""
+        return arrow_schema(self.schema).append(pa.field(INGESTED_AT, UTC_NS))
+
+
+class OfflineBatch:
+    """One ingest's rows for the offline dataset, staged until committed.
+
+    Rows go into one hidden Parquet file per event date (``date=YYYY-MM-DD``,
+    one row group per ``write``) while a file is read. ``commit`` renames them
+    into the dataset, so readers (Feast, training) never see half a file, nor
+    any row of a file that turned out unreadable half-way; ``abort`` deletes
+    them. Memory holds a row group at a time, whatever the file's size.
+    """
+
+    def __init__(self, root: Path, timestamp: str, table_schema: pa.Schema) -> None:
+        self.root = root
+        self.timestamp = timestamp
+        self.table_schema = table_schema
+        self.part = uuid.uuid4().hex
+        self._writers: dict[str, tuple[pq.ParquetWriter, Path]] = {}
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Typed rows of the schema's columns; stamped with when they were ingested."""
+        if not table.num_rows:
+            return
+        now = pa.array(np.full(table.num_rows, _now_ns(), dtype=np.int64)).cast(UTC_NS)
+        stamped = (
+            table.select(self.table_schema.names[:-1])
+            .append_column(INGESTED_AT, now)
+            .cast(self.table_schema)
+        )
+        dates = pc.strftime(stamped.column(self.timestamp), format="%Y-%m-%d")
+        for date in pc.unique(dates).to_pylist():
+            rows = stamped.filter(pc.equal(dates, date))
+            self._writer(date).write_table(rows)
+        self.rows += table.num_rows
+
+    def _writer(self, date: str) -> pq.ParquetWriter:
+        if date not in self._writers:
+            folder = self.root / f"{PARTITION}={date}"
+            folder.mkdir(parents=True, exist_ok=True)
+            # A dot-name: Feast's and pyarrow's dataset readers skip it until renamed.
+            staged = folder / f".part-{self.part}.parquet.staged"
+            self._writers[date] = (pq.ParquetWriter(staged, self.table_schema), staged)
+        return self._writers[date][0]
+
+    def commit(self) -> list[Path]:
+        """Close and move every staged file into the dataset; returns where they went."""
+        moved = []
+        for writer, staged in self._writers.values():
+            writer.close()
+            final = staged.with_name(f"part-{self.part}.parquet")
+            os.replace(staged, final)
+            moved.append(final)
+        self._writers.clear()
+        return moved
+
+    def abort(self) -> None:
+        """Close and delete every staged file: none of this batch reaches the dataset."""
+        for writer, staged in self._writers.values():
+            writer.close()
+            staged.unlink(missing_ok=True)
+        self._writers.clear()
+
+
+def _now_ns() -> int:
+    return time.time_ns()
 
 
 def _count(by_reason: dict[str, int], reason: str, count: int) -> None:

@@ -100,12 +100,11 @@ class FunctionRuntime:
                     + ", ".join(sorted(self.function.accepts))
                     + f"; got {parsed.type} (check the Trigger's filter)"
                 )
-            with self._lock:
-                if self.keys.seen(parsed.source, parsed.id):
+            with self._lock, self.keys.once(parsed.source, parsed.id) as fresh:
+                if fresh is None:
                     self.log.info("duplicate", event_id=parsed.id, event_source=parsed.source)
                     return 200, {"status": "duplicate", "id": parsed.id}
                 self.function.handle(parsed)
-                self.keys.mark(parsed.source, parsed.id)
             return 200, {"status": "handled", "id": parsed.id}
         except AuthError as exc:
             self.ctx.audit.record(

@@ -16,19 +16,24 @@ problems are reported together.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from falaj.cron import DEFAULT_SCHEDULE, schedule_problems
 from falaj.errors import ManifestError
-from falaj.events import EventType
+from falaj.events import CATALOG, REGION_EXTENSION, EventType
 from falaj.topology import (
     BackoffPolicy,
     BrokerSpec,
@@ -70,7 +75,8 @@ CLUSTER_ONLY_KINDS = frozenset(
 
 _TRIGGER_FIELDS = frozenset({"broker", "brokerRef", "filter", "filters", "subscriber", "delivery"})
 _FILTER_FIELDS = frozenset({"attributes"})
-#: ``timeout``, ``retryAfterMax`` and ``format`` are for the cluster; not applied locally.
+#: ``format`` (the event format Knative sends in) is for the cluster; the local broker
+#: always delivers in binary mode.
 _DELIVERY_FIELDS = frozenset(
     {
         "deadLetterSink",
@@ -98,6 +104,8 @@ class Resource:
 
     origin: str
     doc: Mapping[str, Any]
+    #: The ``namespace`` of the kustomization that lists it: kustomize sets it on the object.
+    kustomize_namespace: str | None = None
 
     @property
     def api_version(self) -> str:
@@ -111,6 +119,13 @@ class Resource:
     def name(self) -> str:
         metadata = self.doc.get("metadata")
         return str(metadata.get("name", "")) if isinstance(metadata, Mapping) else ""
+
+    @property
+    def namespace(self) -> str:
+        """The namespace the object lands in: the kustomization's, its own, or ``default``."""
+        metadata = self.doc.get("metadata")
+        own = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+        return self.kustomize_namespace or (str(own) if own else "default")
 
     def where(self) -> str:
         return f"{self.origin}: {self.kind or '?'} {self.name or '(unnamed)'!r}"
@@ -206,6 +221,10 @@ def read_resources(manifests_dir: Path) -> list[Resource]:
                 f"{manifests_dir}; load_topology reads local files only"
             )
         resources.extend(read_resources(path) if path.is_dir() else read_file(path))
+    namespace = spec.get("namespace")
+    if isinstance(namespace, str) and namespace:
+        # As kustomize does: the outermost kustomization's namespace wins.
+        resources = [replace(r, kustomize_namespace=namespace) for r in resources]
     return resources
 
 
@@ -367,10 +386,14 @@ def _broker(resource: Resource) -> BrokerSpec:
 def _trigger(resource: Resource) -> TriggerSpec:
     resource.only("spec", _TRIGGER_FIELDS)
     resource.only("spec.filter", _FILTER_FIELDS)
-    if resource.field("spec.filters", list, None) is not None:
-        raise resource.error(
-            "spec.filters (CESQL dialects) has no local equivalent; use spec.filter.attributes"
-        )
+    raw_filters = resource.field("spec.filters", list, [])
+    problems = [
+        problem
+        for index, expression in enumerate(raw_filters)
+        for problem in filter_problems(expression, f"spec.filters[{index}]")
+    ]
+    if problems:
+        raise resource.error("; ".join(problems))
     attributes = resource.field("spec.filter.attributes", Mapping, {})
     filters = {}
     for attribute, value in attributes.items():
@@ -392,10 +415,96 @@ def _trigger(resource: Resource) -> TriggerSpec:
         broker=resource.field("spec.broker", str, None)
         or resource.field("spec.brokerRef.name", str),
         filter_attributes=filters,
+        filters=tuple(raw_filters),
         subscriber=subscriber,
         subscriber_uri=subscriber_uri,
         delivery=_delivery(resource, "spec.delivery") if delivery is not None else None,
     )
+
+
+#: The CloudEvents Subscriptions API dialects of ``spec.filters`` the local broker runs.
+FILTER_DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not")
+_ATTRIBUTE_DIALECTS = frozenset({"exact", "prefix", "suffix"})
+#: Knative's rule for the attribute names a dialect may test (its admission webhook's).
+_ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9]*")
+
+
+def filter_problems(expression: Any, path: str) -> list[str]:
+    """What is wrong with one ``spec.filters`` expression at ``path``; empty when it is fine.
+
+    Knative's webhook and its broker between them refuse or skip what is
+    checked here (more than one dialect, more than one attribute, an empty
+    value); a skipped expression would quietly match every event, so the
+    local runtime refuses them all, each named with its path.
+    """
+    known = ", ".join(FILTER_DIALECTS)
+    if not isinstance(expression, Mapping) or len(expression) != 1:
+        found = (
+            f"{len(expression)} dialects ({', '.join(map(str, expression))})"
+            if isinstance(expression, Mapping)
+            else repr(expression)
+        )
+        return [
+            f"expected {path} to be an object with exactly one dialect key, one of {known}; "
+            f"got {found} (list several expressions to require them all)"
+        ]
+    ((dialect, value),) = expression.items()
+    where = f"{path}.{dialect}"
+    if dialect == "cesql":
+        return [f"{where}: CESQL has no local equivalent; expected one of {known}"]
+    if dialect not in FILTER_DIALECTS:
+        return [f"{path} has the unknown dialect {dialect!r}; expected one of {known}"]
+    if dialect in _ATTRIBUTE_DIALECTS:
+        return _attribute_dialect_problems(dialect, value, where)
+    if dialect == "not":
+        return filter_problems(value, where)
+    if not isinstance(value, list) or not value:
+        return [
+            f"expected {where} to be a non-empty list of filter expressions, got {value!r} "
+            f"(Knative skips an empty {dialect}, which would match every event)"
+        ]
+    return [
+        problem
+        for index, nested in enumerate(value)
+        for problem in filter_problems(nested, f"{where}[{index}]")
+    ]
+
+
+def _attribute_dialect_problems(dialect: str, value: Any, where: str) -> list[str]:
+    if not isinstance(value, Mapping) or not value:
+        return [
+            f"expected {where} to map attributes to strings, such as "
+            f"{{type: {EventType.INFERENCE_LOGGED}}}, got {value!r}"
+        ]
+    # Several attributes in one map must all pass, as in Knative's exact filter.
+    return [
+        problem
+        for attribute, text in value.items()
+        for problem in _attribute_test_problems(dialect, attribute, text, where)
+    ]
+
+
+def _attribute_test_problems(dialect: str, attribute: Any, text: Any, where: str) -> list[str]:
+    if not isinstance(attribute, str) or not _ATTRIBUTE_NAME.fullmatch(attribute):
+        return [
+            f"{where}: attribute name {attribute!r} is not a CloudEvents attribute name; "
+            f"expected lowercase letters and digits, starting with a letter"
+        ]
+    if not isinstance(text, str) or not text:
+        return [f"expected {where}.{attribute} to be a non-empty string, got {text!r}"]
+    if attribute == "type" and not any(_DIALECT_TESTS[dialect](t, text) for t in EventType):
+        wanted = "one of" if dialect == "exact" else f"a {dialect} of one of"
+        return [
+            f"{where}.type {text!r} matches no event type in the catalog, so the Trigger "
+            f"would never fire; expected {wanted} falaj.events.EventType: "
+            f"{', '.join(sorted(EventType))}"
+        ]
+    return []
+
+
+_DIALECT_TESTS: Mapping[str, Callable[[str, str], bool]] = MappingProxyType(
+    {"exact": str.__eq__, "prefix": str.startswith, "suffix": str.endswith}
+)
 
 
 def _destination(
@@ -423,29 +532,41 @@ def _destination(
 
 def _delivery(resource: Resource, path: str) -> DeliverySpec:
     resource.only(path, _DELIVERY_FIELDS)
-    defaults = DeliverySpec()
-    retry = resource.field(f"{path}.retry", int, defaults.retry)
+    retry = resource.field(f"{path}.retry", int, 0)
     if retry < 0:
         raise resource.error(f"expected {path}.retry to be 0 or more, got {retry}")
-    policy_text = resource.field(f"{path}.backoffPolicy", str, defaults.backoff_policy.value)
-    try:
-        policy = BackoffPolicy(policy_text)
-    except ValueError:
-        raise resource.error(
-            f"expected {path}.backoffPolicy to be one of {', '.join(BackoffPolicy)}, "
-            f"got {policy_text!r}"
-        ) from None
-    delay_text = resource.field(f"{path}.backoffDelay", str, None)
-    try:
-        delay = parse_duration(delay_text) if delay_text is not None else defaults.backoff_delay_s
-    except ValueError as exc:
-        raise resource.error(f"{path}.backoffDelay: {exc}") from None
+    policy_text = resource.field(f"{path}.backoffPolicy", str, None)
+    policy = None
+    if policy_text is not None:
+        try:
+            policy = BackoffPolicy(policy_text)
+        except ValueError:
+            raise resource.error(
+                f"expected {path}.backoffPolicy to be one of {', '.join(BackoffPolicy)}, "
+                f"got {policy_text!r}"
+            ) from None
     sink = None
     if resource.field(f"{path}.deadLetterSink", Mapping, None) is not None:
         sink, _ = _destination(resource, f"{path}.deadLetterSink", kinds=("Service",))
     return DeliverySpec(
-        retry=retry, backoff_policy=policy, backoff_delay_s=delay, dead_letter_sink=sink
+        retry=retry,
+        backoff_policy=policy,
+        backoff_delay_s=_duration_field(resource, f"{path}.backoffDelay"),
+        timeout_s=_duration_field(resource, f"{path}.timeout"),
+        retry_after_max_s=_duration_field(resource, f"{path}.retryAfterMax"),
+        dead_letter_sink=sink,
     )
+
+
+def _duration_field(resource: Resource, path: str) -> float | None:
+    """An ISO-8601 duration field in seconds, None when absent."""
+    text = resource.field(path, str, None)
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise resource.error(f"{path}: {exc}") from None
 
 
 def _knative_service(resource: Resource) -> ServiceSpec:
@@ -526,7 +647,205 @@ def _container_source(resource: Resource) -> SourceSpec:
         kind=resource.kind,
         command=_command(resource, container),
         sink_broker=sink,
+        namespace=resource.namespace,
     )
+
+
+def _broker_sink(resource: Resource) -> str:
+    sink, uri = _destination(resource, "spec.sink", kinds=("Broker",))
+    if uri is not None:
+        raise resource.error("spec.sink must reference a Broker locally, not a uri")
+    return str(sink)
+
+
+_RABBITMQ_SOURCE_FIELDS = frozenset(
+    {
+        "rabbitmqClusterReference",
+        "rabbitmqResourcesConfig",
+        "delivery",
+        "serviceAccountName",
+        "sink",
+    }
+)
+_RABBITMQ_RESOURCES_FIELDS = frozenset(
+    {"queueName", "exchangeName", "parallelism", "predeclared", "vhost"}
+)
+_RABBITMQ_DELIVERY_FIELDS = frozenset({"retry", "backoffPolicy", "backoffDelay"})
+#: The RabbitmqSource CRD's range for ``parallelism``.
+_PARALLELISM_RANGE = range(1, 1001)
+
+
+def _rabbitmq_source(resource: Resource) -> SourceSpec:
+    """A RabbitmqSource, run locally as ``python -m eventing.rabbitmq_source``.
+
+    ``rabbitmqClusterReference`` and ``serviceAccountName`` are cluster wiring:
+    locally the server is ``FALAJ_RABBITMQ_URL``, and without it the source
+    does not run. ``delivery.retry`` is Knative's count of tries before its
+    adapter nacks a message; the local consumer never gives up on one the
+    broker did not answer for (it stays unacked), so only the backoff applies.
+    """
+    resource.only("spec", _RABBITMQ_SOURCE_FIELDS)
+    config = "spec.rabbitmqResourcesConfig"
+    resource.only(config, _RABBITMQ_RESOURCES_FIELDS)
+    resource.only("spec.delivery", _RABBITMQ_DELIVERY_FIELDS)
+    sink = _broker_sink(resource)
+    queue = resource.field(f"{config}.queueName", str)
+    predeclared = resource.field(f"{config}.predeclared", bool, False)
+    exchange = resource.field(f"{config}.exchangeName", str, None)
+    if not predeclared and not exchange:
+        raise resource.error(
+            f"{config}.exchangeName is missing; expected the exchange the queue is bound to "
+            f"(Knative requires it unless predeclared is true)"
+        )
+    parallelism = resource.field(f"{config}.parallelism", int, 1)
+    if parallelism not in _PARALLELISM_RANGE:
+        raise resource.error(f"expected {config}.parallelism to be 1 to 1000, got {parallelism}")
+    if resource.field("spec.delivery.retry", int, 0) < 0:
+        raise resource.error("expected spec.delivery.retry to be 0 or more")
+    policy_text = resource.field("spec.delivery.backoffPolicy", str, BackoffPolicy.EXPONENTIAL)
+    if policy_text not in set(BackoffPolicy):
+        raise resource.error(
+            f"expected spec.delivery.backoffPolicy to be one of {', '.join(BackoffPolicy)}, "
+            f"got {policy_text!r}"
+        )
+    try:
+        # Knative's adapter defaults the delay to PT0.2S.
+        delay = parse_duration(resource.field("spec.delivery.backoffDelay", str, "PT0.2S"))
+    except ValueError as exc:
+        raise resource.error(f"spec.delivery.backoffDelay: {exc}") from None
+    command = [
+        "python",
+        "-m",
+        "eventing.rabbitmq_source",
+        f"--name={resource.name}",
+        f"--namespace={resource.namespace}",
+        f"--queue={queue}",
+        f"--parallelism={parallelism}",
+        f"--backoff-policy={policy_text}",
+        f"--backoff-delay={delay}",
+    ]
+    if exchange:
+        command.append(f"--exchange={exchange}")
+    vhost = resource.field(f"{config}.vhost", str, None)
+    if vhost:
+        command.append(f"--vhost={vhost}")
+    if predeclared:
+        command.append("--predeclared")
+    return SourceSpec(
+        name=resource.name,
+        kind=resource.kind,
+        command=tuple(command),
+        sink_broker=sink,
+        namespace=resource.namespace,
+        requires_setting="rabbitmq_url",
+        summary=f"consuming RabbitMQ queue {queue}",
+    )
+
+
+_PING_SOURCE_FIELDS = frozenset(
+    {"schedule", "timezone", "contentType", "data", "dataBase64", "sink", "ceOverrides"}
+)
+#: CloudEvents 1.0 attribute names: what a ``ceOverrides`` extension may be called.
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+
+
+def _ping_source(resource: Resource) -> SourceSpec:
+    """A PingSource, run locally as ``python -m eventing.ping_source`` with its fields.
+
+    Its data must fit the catalog's model for ``dev.knative.sources.ping``, and
+    ``ceOverrides.extensions`` must name the ``dataregion``: Knative's PingSource
+    adds no other attributes, and a Falaj event without its region is refused.
+    """
+    resource.only("spec", _PING_SOURCE_FIELDS)
+    resource.only("spec.ceOverrides", frozenset({"extensions"}))
+    sink = _broker_sink(resource)
+    schedule = resource.field("spec.schedule", str, DEFAULT_SCHEDULE)
+    timezone = resource.field("spec.timezone", str, None) or None
+    problems = schedule_problems(schedule, timezone)
+    if problems:
+        raise resource.error("spec: " + "; ".join(problems))
+    content_type = resource.field("spec.contentType", str, None)
+    text = resource.field("spec.data", str, None)
+    encoded = resource.field("spec.dataBase64", str, None)
+    if text is not None and encoded is not None:
+        raise resource.error("spec.data and spec.dataBase64 are exclusive; give one of them")
+    extensions = resource.field("spec.ceOverrides.extensions", Mapping, {})
+    for name, value in extensions.items():
+        if not isinstance(name, str) or not _EXTENSION_NAME.fullmatch(name):
+            raise resource.error(
+                f"spec.ceOverrides.extensions: {name!r} is not a CloudEvents attribute name; "
+                f"expected lowercase letters and digits"
+            )
+        if not isinstance(value, str):
+            raise resource.error(
+                f"expected spec.ceOverrides.extensions.{name} to be a string, got {value!r}"
+            )
+    if not extensions.get(REGION_EXTENSION):
+        raise resource.error(
+            f"spec.ceOverrides.extensions.{REGION_EXTENSION} is missing; expected the data "
+            f"region of its events (e.g. me-central-1): every Falaj event names one, and "
+            f"Knative's PingSource adds attributes only from ceOverrides"
+        )
+    _check_ping_data(resource, text, encoded, content_type)
+    command = [
+        "python",
+        "-m",
+        "eventing.ping_source",
+        f"--name={resource.name}",
+        f"--namespace={resource.namespace}",
+        f"--schedule={schedule}",
+    ]
+    if timezone:
+        command.append(f"--timezone={timezone}")
+    if content_type:
+        command.append(f"--content-type={content_type}")
+    if text is not None:
+        command.append(f"--data={text}")
+    if encoded is not None:
+        command.append(f"--data-base64={encoded}")
+    command.extend(f"--extension={name}={value}" for name, value in extensions.items())
+    return SourceSpec(
+        name=resource.name,
+        kind=resource.kind,
+        command=tuple(command),
+        sink_broker=sink,
+        namespace=resource.namespace,
+        summary=f"schedule {schedule!r} in {timezone or 'UTC'}",
+    )
+
+
+def _check_ping_data(
+    resource: Resource, text: str | None, encoded: str | None, content_type: str | None
+) -> None:
+    """Refuse data the broker would refuse at every tick (it is checked against the catalog)."""
+    model = CATALOG[EventType.PING].data_model
+    example = 'data: \'{"model": "fraud"}\' with contentType: application/json'
+    if text is None and encoded is None:
+        raise resource.error(
+            f"spec.data is missing; the catalog's {model.__name__} needs {example}"
+        )
+    if content_type is None or content_type.split(";")[0].strip() != "application/json":
+        raise resource.error(
+            f"expected spec.contentType application/json (the catalog reads JSON data), "
+            f"got {content_type!r}"
+        )
+    field = "spec.data" if text is not None else "spec.dataBase64"
+    try:
+        raw = text.encode() if text is not None else base64.b64decode(encoded or "", validate=True)
+        document = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise resource.error(
+            f"{field} is not {'base64 of ' if encoded else ''}JSON: {exc}"
+        ) from None
+    try:
+        model.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise resource.error(
+            f"{field} does not fit the catalog's {model.__name__} ({problems}); expected {example}"
+        ) from None
 
 
 def _inference_service(resource: Resource) -> InferenceServiceSpec:
@@ -582,6 +901,8 @@ _PARSERS: Mapping[tuple[str, str], Callable[[Resource], Any]] = MappingProxyType
         ("eventing.knative.dev/v1", "Trigger"): _trigger,
         ("serving.knative.dev/v1", "Service"): _knative_service,
         ("sources.knative.dev/v1", "ContainerSource"): _container_source,
+        ("sources.knative.dev/v1alpha1", "RabbitmqSource"): _rabbitmq_source,
+        ("sources.knative.dev/v1", "PingSource"): _ping_source,
         ("serving.kserve.io/v1beta1", "InferenceService"): _inference_service,
         ("ray.io/v1", "RayJob"): _ray_job,
     }

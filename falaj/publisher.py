@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from cloudevents.conversion import to_binary, to_dict
@@ -16,6 +19,17 @@ from falaj.errors import PublishError
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """What the broker said it did with a publish: new event ids, and ids it already had.
+
+    Empty when the ingress answers 2xx without the Falaj broker's body (Knative's does).
+    """
+
+    accepted: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+
+
 class EventPublisher(Closeable):
     """Posts CloudEvents in binary mode to the broker, with this process's token."""
 
@@ -24,7 +38,7 @@ class EventPublisher(Closeable):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
 
-    def publish(self, event: CloudEvent) -> None:
+    def publish(self, event: CloudEvent) -> Receipt:
         headers, body = to_binary(event)
         try:
             response = self._client.post(self.broker_url, headers=headers, content=body)
@@ -36,14 +50,16 @@ class EventPublisher(Closeable):
         if response.status_code >= 300:
             raise PublishError(
                 f"the broker refused {event['type']} ({event['id']}): "
-                f"HTTP {response.status_code} {response.text[:300]}"
+                f"HTTP {response.status_code} {response.text[:300]}",
+                status_code=response.status_code,
             )
+        return _receipt(response)
 
-    def publish_batch(self, events: Sequence[CloudEvent]) -> None:
+    def publish_batch(self, events: Sequence[CloudEvent]) -> Receipt:
         """Post several events in one request (batched content mode); all or none are taken."""
         if not events:
-            return
-        body = json.dumps([to_dict(event) for event in events])
+            return Receipt()
+        body = json.dumps([batch_item(event) for event in events])
         try:
             response = self._client.post(
                 self.broker_url, headers={"content-type": BATCH_CONTENT_TYPE}, content=body
@@ -56,8 +72,35 @@ class EventPublisher(Closeable):
         if response.status_code >= 300:
             raise PublishError(
                 f"the broker refused a batch of {len(events)} events: "
-                f"HTTP {response.status_code} {response.text[:300]}"
+                f"HTTP {response.status_code} {response.text[:300]}",
+                status_code=response.status_code,
             )
+        return _receipt(response)
 
     def close(self) -> None:
         self._client.close()
+
+
+def batch_item(event: CloudEvent) -> dict[str, Any]:
+    """One event of a batch, in the CloudEvents JSON format.
+
+    Data that is not JSON (bytes) travels as ``data_base64`` (JSON format,
+    section 3.1); ``to_dict`` alone would leave bytes that ``json.dumps`` refuses.
+    """
+    item = to_dict(event)
+    if isinstance(item.get("data"), bytes):
+        item["data_base64"] = base64.b64encode(item.pop("data")).decode("ascii")
+    return item
+
+
+def _receipt(response: httpx.Response) -> Receipt:
+    try:
+        body = response.json()
+    except ValueError:
+        return Receipt()
+    if not isinstance(body, dict):
+        return Receipt()
+    return Receipt(
+        accepted=tuple(str(i) for i in body.get("accepted") or ()),
+        duplicates=tuple(str(i) for i in body.get("duplicates") or ()),
+    )

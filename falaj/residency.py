@@ -8,6 +8,7 @@ resource and its region, and is written to the audit log.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,6 +18,10 @@ from falaj.audit import AuditLog, Outcome
 from falaj.errors import ResidencyViolation
 
 LOCAL_SCHEMES = frozenset({"", "file"})
+#: Schemes whose authority is a server (host:port), not a bucket: Feast's online
+#: store and registry (falaj/feast_stores.py). A server declared without a port
+#: covers all of its ports, and one on a loopback address is this machine.
+SERVER_SCHEMES = frozenset({"redis", "rediss", "postgresql"})
 
 
 class Boundary(StrEnum):
@@ -43,8 +48,11 @@ class ResidencyPolicy:
         if scheme in LOCAL_SCHEMES or len(scheme) == 1:
             return self.local_region
         # Longest declared prefix wins, so s3://bank/eu/ can differ from s3://bank/.
-        matches = [p for p in self.storage_regions if location.startswith(p)]
+        matches = [p for p in self.storage_regions if _covers(p, location)]
         if not matches:
+            if scheme in SERVER_SCHEMES and _is_loopback(urlparse(location).hostname):
+                # A server on this machine keeps its data where a local file would.
+                return self.local_region
             return None
         return self.storage_regions[max(matches, key=len)]
 
@@ -78,3 +86,37 @@ class ResidencyPolicy:
 
     def check_location(self, location: str, *, boundary: Boundary = Boundary.STORAGE_WRITE) -> None:
         self.check_region(self.region_of(location), resource=location, boundary=boundary)
+
+
+def _covers(prefix: str, location: str) -> bool:
+    """True when a declared prefix covers a location.
+
+    Within a bucket a prefix is a string prefix of the key, as in S3; but a
+    bucket name is whole: ``s3://bank`` covers ``s3://bank/x``, never
+    ``s3://bank-eu/x``, which is another bucket and maybe another region.
+    """
+    if not location.startswith(prefix):
+        return False
+    declared = urlparse(prefix)
+    if declared.path in ("", "/"):
+        found = urlparse(location)
+        if found.netloc == declared.netloc:
+            return True
+        try:
+            any_port = declared.scheme in SERVER_SCHEMES and declared.port is None
+        except ValueError:  # a declared port that is no number matches nothing more
+            any_port = False
+        return any_port and found.hostname == declared.hostname
+    return True
+
+
+def _is_loopback(host: str | None) -> bool:
+    """True for a host name or address that is this machine."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

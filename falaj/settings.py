@@ -7,13 +7,23 @@ they receive a ``Settings``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from falaj.errors import ConfigError
+from falaj.feast_stores import parse_postgres_url, parse_redis_url
 
 ENV_PREFIX = "FALAJ_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +39,18 @@ UAE_REGIONS: tuple[str, ...] = (
 )
 
 
+#: Settings whose values never appear in an error (a URL's password is a secret too).
+SECRET_SETTINGS = frozenset({"token", "rabbitmq_url", "online_store", "feature_registry"})
+
+
 class Settings(BaseModel):
     """Everything a Falaj process needs to know about where it runs."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    # hide_input_in_errors: a ValidationError's text would quote a secret's value
+    # (a URL with its password); from_env quotes the values that are not secret.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, hide_input_in_errors=True
+    )
 
     home: Path = Field(default=Path(".falaj"), description="state of a local platform")
     region: str = Field(default="me-central-1", description="the region this process runs in")
@@ -55,6 +73,26 @@ class Settings(BaseModel):
     token_file: Path | None = Field(
         default=None, description="a file holding the bearer token (a mounted Secret)"
     )
+    rabbitmq_url: SecretStr | None = Field(
+        default=None,
+        description="amqp://user:password@host:port/vhost the RabbitmqSource consumes from "
+        "locally; unset, falaj up starts no RabbitMQ consumer",
+    )
+    online_store: SecretStr | None = Field(
+        default=None,
+        description="redis://[[user]:password@]host[:port][/db] (rediss:// for TLS) for Feast's "
+        "online store; unset, SQLite under <home>/feast (falaj/feast_stores.py)",
+    )
+    feature_registry: SecretStr | None = Field(
+        default=None,
+        description="postgresql://user[:password]@host[:port]/database for Feast's SQL registry; "
+        "unset, a file under <home>/feast (falaj/feast_stores.py)",
+    )
+    secrets_file: Path | None = Field(
+        default=None,
+        description="a file only its owner can read (a mounted Secret) of FALAJ_<NAME>=value "
+        "lines, one per secret setting; a setting given directly wins over the file",
+    )
     canary_percent: int = Field(default=10, ge=0, le=100, description="traffic to a new version")
     drift_window: int = Field(
         default=200, ge=50, description="inference rows per drift window (PSI noise ~ 9/n)"
@@ -64,13 +102,47 @@ class Settings(BaseModel):
     training_workers: int = Field(default=2, ge=1, description="Ray Train workers per job")
     manifests_dir: Path = PROJECT_ROOT / "manifests" / "base"
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    records_dataset: str | None = Field(
+        default=None,
+        description="the dataset records from a queue (RabbitMQ, Kafka) are ingested into; "
+        "unset, the feature repository's only dataset",
+    )
     log_level: str = "info"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("secrets_file") is not None:
+            given = {name: value for name, value in data.items() if value is not None}
+            data = {**read_secrets_file(Path(data["secrets_file"])), **given}
+        return data
 
     @field_validator("allowed_regions")
     @classmethod
     def _regions_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("expected at least one allowed region, got none")
+        return value
+
+    @field_validator("online_store")
+    @classmethod
+    def _online_store_is_redis(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_redis_url(value.get_secret_value())
+            except ConfigError as exc:
+                # pydantic collects a ValueError with the other fields' errors.
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("feature_registry")
+    @classmethod
+    def _feature_registry_is_postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_postgres_url(value.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @property
@@ -118,14 +190,15 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problems = (
-                "; ".join(
-                    f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-                    f" (got {err.get('input')!r})"
-                    for err in exc.errors()
-                    if err["loc"] and err["loc"][0] != "token"
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                # A secret's value is never quoted back, not even when it is wrong.
+                + (
+                    ""
+                    if err["loc"][:1] and err["loc"][0] in SECRET_SETTINGS
+                    else f" (got {err.get('input')!r})"
                 )
-                or "invalid token"
+                for err in exc.errors()
             )
             raise ConfigError(f"invalid settings: {problems}") from None
 
@@ -146,6 +219,53 @@ class Settings(BaseModel):
                 value = str(value.resolve())
             env[ENV_PREFIX + name.upper()] = str(value)
         return env
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """The secret settings of a ``FALAJ_<NAME>=value`` file, by setting name.
+
+    No error quotes a line: any of them may hold a password.
+    """
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"{ENV_PREFIX}SECRETS_FILE={path} cannot be read: {exc.strerror}"
+        ) from None
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        name = key.strip()[len(ENV_PREFIX) :].lower() if key.strip().startswith(ENV_PREFIX) else ""
+        if not sep or name not in SECRET_SETTINGS:
+            raise ConfigError(
+                f"{path}, line {number}: expected FALAJ_<NAME>=value with NAME one of "
+                + ", ".join(sorted(n.upper() for n in SECRET_SETTINGS))
+                + (f"; got the key {key.strip()!r}" if sep else "; got no '='")
+            )
+        found[name] = value.strip()
+    return found
+
+
+def write_secrets_file(path: Path, settings: Settings, names: Iterable[str]) -> bool:
+    """Write ``names``' values (those set) to a file only its owner can read.
+
+    False, and no file, when none of them is set.
+    """
+    lines = []
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None:
+            lines.append(f"{ENV_PREFIX}{name.upper()}={value.get_secret_value()}\n")
+    if not lines:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(lines)
+    return True
 
 
 def _parse_env_value(field: str, raw: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class BackoffPolicy(StrEnum):
@@ -20,11 +21,16 @@ class BackoffPolicy(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class DeliverySpec:
-    """Knative's ``delivery``: retries, backoff and where failures go."""
+    """Knative's ``delivery``: retries, backoff, timeouts and where failures go."""
 
     retry: int = 0
-    backoff_policy: BackoffPolicy = BackoffPolicy.EXPONENTIAL
-    backoff_delay_s: float = 0.2
+    #: Knative backs off only when both the policy and the delay are given.
+    backoff_policy: BackoffPolicy | None = None
+    backoff_delay_s: float | None = None
+    #: ``timeout``: how long one attempt may take; None waits for the broker's default.
+    timeout_s: float | None = None
+    #: ``retryAfterMax``: honour a 429/503's Retry-After up to this long; None ignores it.
+    retry_after_max_s: float | None = None
     #: A Knative Service name (``ref``) or an absolute URI; None keeps failures in the broker only.
     dead_letter_sink: str | None = None
 
@@ -41,6 +47,9 @@ class TriggerSpec:
     broker: str
     #: ``spec.filter.attributes``: exact match on every listed attribute.
     filter_attributes: Mapping[str, str] = field(default_factory=dict)
+    #: ``spec.filters``: Subscriptions API expressions, as written; when any are
+    #: given they replace ``filter_attributes`` (Knative's precedence).
+    filters: tuple[Mapping[str, Any], ...] = ()
     #: The subscriber: a Knative Service name, resolved to a URL at run time.
     subscriber: str
     #: An absolute ``subscriber.uri``, when the subscriber is not a Service ref.
@@ -64,12 +73,24 @@ class ServiceSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SourceSpec:
-    """A source (ContainerSource, PingSource, ...) that sends to a broker."""
+    """A source (ContainerSource, RabbitmqSource, PingSource) that sends to a broker.
+
+    ``command`` is what runs locally: a ContainerSource's own container
+    command, or the local counterpart of a Knative source with the resource's
+    fields as its arguments.
+    """
 
     name: str
     kind: str
     command: tuple[str, ...] = ()
     sink_broker: str = "default"
+    #: The resource's namespace; Knative's sources name it in the events' ``source``.
+    namespace: str = "default"
+    #: The ``Settings`` field the local process cannot run without (a RabbitmqSource
+    #: needs ``rabbitmq_url``); while it is unset, ``falaj up`` does not start it.
+    requires_setting: str | None = None
+    #: What the local process does, for ``falaj up``'s progress lines.
+    summary: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

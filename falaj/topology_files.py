@@ -2,8 +2,11 @@
 
 ``falaj up`` reads the manifests, then writes two files the broker reads:
 
-* the topology, ``{"brokers": [...], "triggers": [...]}``: each entry is
-  ``dataclasses.asdict`` of a ``falaj.topology.BrokerSpec`` / ``TriggerSpec``;
+* the topology, ``{"brokers": [...], "triggers": [...], "container_concurrency":
+  {...}}``: each broker and trigger is ``dataclasses.asdict`` of a
+  ``falaj.topology.BrokerSpec`` / ``TriggerSpec``; ``container_concurrency``
+  is each Knative Service's ``containerConcurrency`` (how many deliveries it
+  takes at once; 0 for no limit);
 * the endpoints, ``{service_name: url}``: where each Knative Service runs now.
 
 Both sides use these functions, so the runtime writes exactly what the broker reads.
@@ -14,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from falaj.errors import ManifestError
+from falaj.manifests import filter_problems
 from falaj.topology import BackoffPolicy, BrokerSpec, DeliverySpec, TriggerSpec
 
 
@@ -26,6 +30,8 @@ from falaj.topology import BackoffPolicy, BrokerSpec, DeliverySpec, TriggerSpec
 class EventingTopology:
     brokers: Mapping[str, BrokerSpec]
     triggers: tuple[TriggerSpec, ...]
+    #: Knative Service name -> its containerConcurrency (0: no limit).
+    container_concurrency: Mapping[str, int] = field(default_factory=dict)
 
     def triggers_of(self, broker: str) -> tuple[TriggerSpec, ...]:
         return tuple(t for t in self.triggers if t.broker == broker)
@@ -57,20 +63,34 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def topology_json(
+    brokers: Iterable[BrokerSpec],
+    triggers: Iterable[TriggerSpec],
+    container_concurrency: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The topology as the JSON object the file holds."""
+    return {
+        "brokers": [_plain(b) for b in brokers],
+        "triggers": [_plain(t) for t in triggers],
+        "container_concurrency": dict(container_concurrency or {}),
+    }
+
+
 def dump_topology(
-    brokers: Iterable[BrokerSpec], triggers: Iterable[TriggerSpec], path: Path
+    brokers: Iterable[BrokerSpec],
+    triggers: Iterable[TriggerSpec],
+    path: Path,
+    *,
+    container_concurrency: Mapping[str, int] | None = None,
 ) -> None:
-    _write_json(
-        path,
-        {"brokers": [_plain(b) for b in brokers], "triggers": [_plain(t) for t in triggers]},
-    )
+    _write_json(path, topology_json(brokers, triggers, container_concurrency))
 
 
 def _delivery(raw: Any, where: str) -> DeliverySpec:
     if not isinstance(raw, Mapping):
         raise ManifestError(f"{where}.delivery: expected an object, got {type(raw).__name__}")
     values = dict(raw)
-    if "backoff_policy" in values:
+    if values.get("backoff_policy") is not None:
         try:
             values["backoff_policy"] = BackoffPolicy(values["backoff_policy"])
         except ValueError:
@@ -81,12 +101,29 @@ def _delivery(raw: Any, where: str) -> DeliverySpec:
     return DeliverySpec(**values)
 
 
+def _filters(raw: Any, where: str) -> tuple[Mapping[str, Any], ...]:
+    # Checked here, not first when the broker compiles them: a bad file then
+    # stops the broker at start with this message rather than a traceback.
+    if not isinstance(raw, list):
+        raise ManifestError(f"{where}.filters: expected a list, got {type(raw).__name__}")
+    problems = [
+        problem
+        for index, expression in enumerate(raw)
+        for problem in filter_problems(expression, f"filters[{index}]")
+    ]
+    if problems:
+        raise ManifestError(f"{where}: {'; '.join(problems)}")
+    return tuple(raw)
+
+
 def _build(kind: type[Any], raw: Any, where: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ManifestError(f"{where}: expected an object, got {type(raw).__name__}")
     values = dict(raw)
     if values.get("delivery") is not None:
         values["delivery"] = _delivery(values["delivery"], where)
+    if kind is TriggerSpec and "filters" in values:
+        values["filters"] = _filters(values["filters"], where)
     try:
         return kind(**values)
     except TypeError as exc:
@@ -103,16 +140,34 @@ def load_topology_file(path: Path) -> EventingTopology:
         raise ManifestError(f"cannot read the topology file {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise ManifestError(f"the topology file {path} is not JSON: {exc}") from None
+    return topology_from_json(raw, str(path))
+
+
+def topology_from_json(raw: Any, where: str) -> EventingTopology:
+    """Read what ``topology_json`` wrote; ``ManifestError`` names ``where`` and the field."""
     if not isinstance(raw, Mapping):
-        raise ManifestError(f"{path}: expected {{'brokers': [...], 'triggers': [...]}}")
+        raise ManifestError(f"{where}: expected {{'brokers': [...], 'triggers': [...]}}")
     brokers = [
-        _build(BrokerSpec, b, f"{path}: brokers[{i}]") for i, b in enumerate(raw.get("brokers", []))
+        _build(BrokerSpec, b, f"{where}: brokers[{i}]")
+        for i, b in enumerate(raw.get("brokers", []))
     ]
     triggers = [
-        _build(TriggerSpec, t, f"{path}: triggers[{i}]")
+        _build(TriggerSpec, t, f"{where}: triggers[{i}]")
         for i, t in enumerate(raw.get("triggers", []))
     ]
-    return EventingTopology(brokers={b.name: b for b in brokers}, triggers=tuple(triggers))
+    concurrency = raw.get("container_concurrency", {})
+    if not isinstance(concurrency, Mapping) or not all(
+        isinstance(v, int) and v >= 0 for v in concurrency.values()
+    ):
+        raise ManifestError(
+            f"{where}: container_concurrency: expected {{service_name: whole number >= 0}}, "
+            f"got {concurrency!r}"
+        )
+    return EventingTopology(
+        brokers={b.name: b for b in brokers},
+        triggers=tuple(triggers),
+        container_concurrency={str(k): int(v) for k, v in concurrency.items()},
+    )
 
 
 def dump_endpoints(endpoints: Mapping[str, str], path: Path) -> None:

@@ -1,24 +1,25 @@
 """Feast definitions for `feast apply` in this folder.
 
-Built from schema.yaml by the same function the platform uses, so a cluster's
-registry and a local one hold the same entity, sources, view and service.
-Feast imports every .py here (STACK.md): keep helpers in falaj, not beside this.
+Built from datasets/*.yaml and models/*.yaml by the same function the platform
+uses, so a cluster's registry and a local one hold the same entities, sources,
+views and services: per dataset an entity (named after its join key, shared by
+datasets keyed the same way), `<dataset>_offline`, `<dataset>_push` and
+`<dataset>_features`; per model `<model>_model`. Feast collects the objects it
+finds among this module's names, so each is given one. Feast imports every .py
+here (STACK.md): keep helpers in falaj, not beside this.
 """
 
 from pathlib import Path
 
-from falaj.features import feast_definitions
-from falaj.schema import FeatureSchema
+from falaj.feature_repo import FeatureRepo
+from falaj.features import repo_definitions
 
 _HERE = Path(__file__).resolve().parent
-_DEFINITIONS = feast_definitions(
-    FeatureSchema.load(_HERE / "schema.yaml"),
-    # Relative paths resolve against this folder (Feast's repo_path).
-    offline_path="data/offline/transactions",
-)
 
-card = _DEFINITIONS.entity
-transactions_offline = _DEFINITIONS.batch_source
-transactions_push = _DEFINITIONS.push_source
-transaction_features = _DEFINITIONS.feature_view
-fraud_model = _DEFINITIONS.feature_service
+for _definitions in repo_definitions(
+    FeatureRepo.load(_HERE),
+    # Relative paths resolve against this folder (Feast's repo_path).
+    offline_root="data/offline",
+):
+    for _object in _definitions.objects():
+        globals()[f"{type(_object).__name__}_{_object.name}"] = _object

@@ -1,7 +1,9 @@
 """The training job: ``python -m training.job --model fraud --reason drift --job-id ID``.
 
-Submitted by the training launcher as a Ray job (a RayJob on a cluster). It
-reads the point-in-time training set from Feast, trains on Ray Train, scores
+Submitted by the training launcher as a Ray job (a RayJob on a cluster). The
+model's spec (``feature_repo/models/<model>.yaml``) says what it learns from and
+how: its dataset, inputs, label and family. It reads the model's point-in-time
+training set from Feast (its feature service), trains on Ray Train, scores
 the newest 20% of rows it held out, exports ONNX and proves onnxruntime agrees
 with torch, profiles the training data for drift scoring, and registers the
 new model version with its lineage. Every step is announced as an event and
@@ -31,13 +33,13 @@ from falaj.events import (
     TrainingStarted,
     make_event,
 )
-from falaj.features import FeatureStoreClient
+from falaj.feature_repo import load_repo
+from falaj.features import FeatureStoreClient, feature_service_name
 from falaj.logs import configure_logging, get_logger
 from falaj.profile import ReferenceProfile
 from falaj.publisher import EventPublisher
 from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
-from falaj.schema import load_schema
 from falaj.settings import Settings
 from training.data import split_by_time
 from training.evaluate import evaluate
@@ -81,7 +83,8 @@ class TrainingJob:
         self.ctx = ctx
         self.publisher = publisher
         self.request = request
-        self.config = config or TrainConfig()
+        #: None: the model spec's own (``TrainConfig.for_model``).
+        self.config = config
         self.log = get_logger(job_id=request.job_id, model=request.model)
 
     def run(self) -> int:
@@ -139,13 +142,19 @@ class TrainingJob:
             resource=f"training job {request.job_id}",
             boundary=Boundary.JOB_LAUNCH,
         )
-        schema = load_schema(ctx.settings)
-        store = FeatureStoreClient(ctx, schema)
-        training_set = store.training_frame()
+        repo = load_repo(ctx.settings)
+        spec = repo.model(request.model)
+        schema = repo.dataset(spec.dataset)
+        config = self.config or TrainConfig.for_model(spec)
+        store = FeatureStoreClient(ctx, schema, models=(spec,))
+        # Registers the model's feature service, which Feast reads through, even
+        # when the spec was added after ingest applied the repository.
+        store.apply()
+        training_set = store.training_frame(spec)
         data = split_by_time(
             training_set.frame,
-            feature_names=schema.feature_names,
-            label=schema.label,
+            feature_names=spec.features,
+            label=spec.label,
             timestamp=schema.timestamp,
             dropped=training_set.dropped.count,
         )
@@ -156,7 +165,7 @@ class TrainingJob:
             rows_dropped=data.rows_dropped,
             held_out_from=data.cutoff,
         )
-        trained = train(ctx, data, run_name=request.job_id, config=self.config)
+        trained = train(ctx, data, run_name=request.job_id, config=config)
         evaluation = evaluate(data.held_out.labels, trained.model.predict(data.held_out.features))
         exported = export_checked(trained.model, data.held_out.features)
         profile = ReferenceProfile.from_columns(
@@ -168,6 +177,9 @@ class TrainingJob:
         lineage: dict[str, Any] = {
             "training_job_id": request.job_id,
             "reason": str(request.reason),
+            "dataset": schema.dataset,
+            "feature_service": feature_service_name(spec.name),
+            "family": str(spec.family),
             "offline_location": store.offline_root.as_uri(),
             "rows_used": data.rows_used,
             "rows_dropped": data.rows_dropped,
@@ -190,7 +202,7 @@ class TrainingJob:
                 "checkpoint": trained.checkpoint,
                 "train_loss": trained.metrics.get("train_loss"),
             },
-            "train_config": {**asdict(self.config), "hidden": list(self.config.hidden)},
+            "train_config": {**asdict(config), "hidden": list(config.hidden)},
         }
         return registry.register(
             request.model,
@@ -198,7 +210,7 @@ class TrainingJob:
             profile=profile,
             metrics=evaluation.metrics(),
             lineage=lineage,
-            feature_names=schema.feature_names,
+            feature_names=spec.features,
         )
 
     def emit(self, event_type: EventType, data: EventData) -> None:

@@ -1,5 +1,8 @@
 """A small MLP for tabular binary classification, with its input scaling inside.
 
+With no hidden layer it is a logistic regression (the ``logistic_regression``
+family of a model spec); with hidden layers, the ``mlp`` family.
+
 The standardisation (mean and scale of each training feature) is kept as
 buffers of the module, not applied by the caller: the exported ONNX then takes
 raw feature values, so the predictor and the training job cannot disagree about
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from falaj.errors import ConfigError
+from falaj.model_spec import MLP_HIDDEN
 
 #: A feature whose spread is below this is constant in the training data;
 #: dividing by its std would blow up whatever production sends.
@@ -24,26 +28,29 @@ MIN_SCALE = 1e-6
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelSpec:
-    """The shape of the network; stored in every checkpoint to rebuild it."""
+class NetworkSpec:
+    """The shape of the network; stored in every checkpoint to rebuild it.
+
+    ``hidden=()`` is a single linear layer: a logistic regression.
+    """
 
     features: int
-    hidden: tuple[int, ...] = (32, 16)
+    hidden: tuple[int, ...] = MLP_HIDDEN
 
     def __post_init__(self) -> None:
         problems = []
         if self.features < 1:
             problems.append(f"features: expected >= 1, got {self.features}")
-        if not self.hidden or any(width < 1 for width in self.hidden):
+        if any(width < 1 for width in self.hidden):
             problems.append(f"hidden: expected layer widths >= 1, got {self.hidden}")
         if problems:
-            raise ConfigError("invalid model spec: " + "; ".join(problems))
+            raise ConfigError("invalid network spec: " + "; ".join(problems))
 
     def to_json(self) -> dict[str, Any]:
         return {"features": self.features, "hidden": list(self.hidden)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModelSpec:
+    def from_json(cls, data: dict[str, Any]) -> NetworkSpec:
         return cls(features=int(data["features"]), hidden=tuple(int(w) for w in data["hidden"]))
 
 
@@ -68,7 +75,7 @@ class TabularMLP(nn.Module):
     mean: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, spec: ModelSpec, standardisation: Standardisation | None = None) -> None:
+    def __init__(self, spec: NetworkSpec, standardisation: Standardisation | None = None) -> None:
         super().__init__()
         self.spec = spec
         # Buffers, so they travel in the state dict, move with .to(device) and
@@ -79,7 +86,7 @@ class TabularMLP(nn.Module):
             if standardisation.mean.shape != (spec.features,):
                 raise ConfigError(
                     f"standardisation has {standardisation.mean.shape[0]} features, "
-                    f"the model spec {spec.features}; fit it on the model's feature columns"
+                    f"the network spec {spec.features}; fit it on the model's feature columns"
                 )
             self.mean.copy_(torch.tensor(standardisation.mean))
             self.scale.copy_(torch.tensor(standardisation.scale))
@@ -103,7 +110,7 @@ class ProbabilityModel(nn.Module):
         self.mlp = mlp
 
     @property
-    def spec(self) -> ModelSpec:
+    def spec(self) -> NetworkSpec:
         return self.mlp.spec
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

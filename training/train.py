@@ -30,10 +30,11 @@ from torch.nn import functional
 
 from falaj.context import Context
 from falaj.errors import ConfigError
+from falaj.model_spec import MLP_HIDDEN, ModelSpec
 from falaj.residency import Boundary
 from training.data import TrainingData
 from training.errors import TrainingError
-from training.model import ModelSpec, ProbabilityModel, Standardisation, TabularMLP
+from training.model import NetworkSpec, ProbabilityModel, Standardisation, TabularMLP
 
 CHECKPOINT_FILE = "model.pt"
 
@@ -46,8 +47,14 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 5e-3
     weight_decay: float = 1e-4
-    hidden: tuple[int, ...] = (32, 16)
+    #: The network's hidden layers; () trains a logistic regression.
+    hidden: tuple[int, ...] = MLP_HIDDEN
     seed: int = 0
+
+    @classmethod
+    def for_model(cls, spec: ModelSpec) -> TrainConfig:
+        """The config a model spec asks for: its family's layers, its options over the defaults."""
+        return cls(hidden=spec.hidden, **spec.training.overrides())
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,7 +95,7 @@ def train(
     storage.mkdir(parents=True, exist_ok=True)
     use_gpu = torch.cuda.is_available()
     workers = ctx.settings.training_workers
-    spec = ModelSpec(features=len(data.feature_names), hidden=config.hidden)
+    spec = NetworkSpec(features=len(data.feature_names), hidden=config.hidden)
     scaling = Standardisation.fit(data.train.features)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -118,7 +125,7 @@ def train(
         )
     with result.checkpoint.as_directory() as directory:
         saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    mlp = TabularMLP(ModelSpec.from_json(saved["spec"]))
+    mlp = TabularMLP(NetworkSpec.from_json(saved["spec"]))
     mlp.load_state_dict(saved["state_dict"])
     return TrainedModel(
         model=ProbabilityModel(mlp).eval(),
@@ -145,7 +152,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     mine = order[rank * per_rank : (rank + 1) * per_rank]
     features, labels = features[mine].to(device), labels[mine].to(device)
 
-    spec = ModelSpec.from_json(loop["spec"])
+    spec = NetworkSpec.from_json(loop["spec"])
     mlp = TabularMLP(spec, Standardisation(mean=loop["mean"], scale=loop["scale"]))
     model = ray.train.torch.prepare_model(mlp)
     optimizer = torch.optim.AdamW(

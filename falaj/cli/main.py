@@ -32,8 +32,12 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 events_app = typer.Typer(help="The event catalog and the broker's log.", no_args_is_help=True)
+features_app = typer.Typer(
+    help="The feature repository: datasets and model specs.", no_args_is_help=True
+)
 app.add_typer(audit_app, name="audit")
 app.add_typer(events_app, name="events")
+app.add_typer(features_app, name="features")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -156,22 +160,27 @@ def predict(
     features: Annotated[
         str, typer.Argument(help="a JSON object of features, e.g. '{\"amount\": 12.5, ...}'")
     ],
-    model: Annotated[str, typer.Option(help="model name")] = "fraud",
+    model: Annotated[
+        str | None,
+        typer.Option(help="model name; left out, the feature repository's only model"),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Ask the running platform for a prediction (KServe V2 over REST)."""
-    from falaj.schema import load_schema
+    from falaj.feature_repo import load_repo
 
     settings = _settings(home)
     try:
         values = json.loads(features)
-        names = load_schema(settings).feature_names
+        repo = load_repo(settings)
+        spec = repo.model(model) if model is not None else repo.only_model()
+        names = spec.features
         missing = [n for n in names if n not in values]
         if missing:
             raise FalajError(f"missing features {missing}; expected all of {list(names)}")
         with _client(settings, Role.ML_ENGINEER) as client:
-            result = client.predict(model, [[float(values[n]) for n in names]])
+            result = client.predict(spec.name, [[float(values[n]) for n in names]])
     except json.JSONDecodeError as exc:
         raise _fail(f"features must be a JSON object: {exc}") from None
     except FalajError as exc:
@@ -180,8 +189,8 @@ def predict(
         console.print_json(json.dumps(asdict(result)))
     else:
         console.print(
-            f"{model} v{result.version} ({result.variant}): "
-            f"fraud probability {result.probabilities[0]:.4f}"
+            f"{spec.name} v{result.version} ({result.variant}): "
+            f"probability of {spec.label} {result.probabilities[0]:.4f}"
         )
 
 
@@ -238,6 +247,65 @@ def audit_show(
         console.print(
             f"{entry['seq']:>5} {entry['time'][:19]} {entry['action']:<22} {entry['outcome']:<8}"
             f" {entry['actor']:<18} {entry['resource']}"
+        )
+
+
+@features_app.command("check")
+def features_check(as_json: JsonOption = False) -> None:
+    """Check every dataset and model spec (FALAJ_FEATURE_REPO) and list their Feast names."""
+    from falaj.feature_repo import load_repo
+    from falaj.features import (
+        feature_service_name,
+        feature_view_name,
+        push_source_name,
+    )
+
+    settings = _settings(None)
+    try:
+        repo = load_repo(settings)
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
+    datasets = {
+        name: {
+            "entity": schema.entity,
+            "timestamp": schema.timestamp,
+            "label": schema.label,
+            "pii": list(schema.pii_columns),
+            "landing": f"landing/{name}/",
+            "feature_view": feature_view_name(name),
+            "push_source": push_source_name(name),
+            "models": [spec.name for spec in repo.models_of(name)],
+        }
+        for name, schema in repo.datasets.items()
+    }
+    models = {
+        name: {
+            "dataset": spec.dataset,
+            "family": str(spec.family),
+            "hidden": list(spec.hidden),
+            "features": list(spec.features),
+            "label": spec.label,
+            "feature_service": feature_service_name(name),
+        }
+        for name, spec in repo.models.items()
+    }
+    if as_json:
+        console.print_json(
+            json.dumps({"repository": str(repo.path), "datasets": datasets, "models": models})
+        )
+        return
+    console.print(
+        f"feature repository {repo.path}: {len(datasets)} dataset(s), {len(models)} model(s)"
+    )
+    for name, schema in repo.datasets.items():
+        console.print(
+            f"dataset {name}: entity {schema.entity}, label {schema.label}, files land in "
+            f"landing/{name}/, Feast view {feature_view_name(name)}"
+        )
+    for name, spec in repo.models.items():
+        console.print(
+            f"model {name}: {spec.family} on {spec.dataset}, inputs {', '.join(spec.features)}, "
+            f"Feast service {feature_service_name(name)}"
         )
 
 

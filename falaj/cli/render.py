@@ -26,7 +26,9 @@ def render_report(report: DemoReport, console: Console) -> None:
         )
     console.print(versions)
 
-    split = Table(title="Traffic split (InferenceService fraud)", title_justify="left")
+    split = Table(
+        title=f"Traffic split (InferenceService {report.split.get('model')})", title_justify="left"
+    )
     for column in ("variant", "version", "configured", "observed"):
         split.add_column(column)
     total = sum(report.observed_split.values()) or 1

@@ -1,8 +1,9 @@
 """The demo story: the whole loop on real components, from a CSV to a canary.
 
 1. A CSV of card transactions (a few rows broken on purpose) lands in the
-   landing folder; the storage source, the broker and the ingest function take
-   it into Feast; bad rows are quarantined with their reasons.
+   landing folder of the ``transactions`` dataset; the storage source, the
+   broker and the ingest function take it into Feast; bad rows are quarantined
+   with their reasons.
 2. ``data.ingested`` launches a Ray job that trains version 1, exports it to
    ONNX, signs and encrypts it; the rollout function serves it at 100%.
 3. Normal traffic is predicted and logged; the drift function sees no drift.
@@ -27,11 +28,13 @@ from falaj.client import PlatformClient
 from falaj.demo.data import generate_transactions, inference_rows
 from falaj.errors import AuditTampered, FalajError
 from falaj.events import EventType
+from falaj.feature_repo import load_repo
 from falaj.runtime.platform import LocalPlatform
-from falaj.schema import load_schema
 from falaj.settings import Settings
 
 MODEL = "fraud"
+#: The demo's dataset: its files land in ``landing/transactions/``.
+DATASET = "transactions"
 Step = Callable[[str], None]
 
 
@@ -90,8 +93,7 @@ class DemoStory:
 
     def _story(self, client: PlatformClient, step: Step) -> None:
         cfg = self.config
-        schema = load_schema(self.settings)
-        features = list(schema.feature_names)
+        features = list(load_repo(self.settings).model(MODEL).features)
         wait = self._waiter(client)
 
         step(f"land {cfg.rows} transactions ({cfg.bad_rows} broken on purpose)")
@@ -176,7 +178,8 @@ class DemoStory:
             time.sleep(0.25)  # polling a readiness endpoint, as a kubelet does
 
     def _land(self, name: str, frame: Any) -> None:
-        landing = self.platform.paths.landing
+        landing = self.platform.paths.landing / DATASET
+        landing.mkdir(parents=True, exist_ok=True)
         partial = landing / f".{name}.part"
         frame.to_csv(partial, index=False)
         partial.rename(landing / name)  # the source only sees complete files

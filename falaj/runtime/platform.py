@@ -5,6 +5,9 @@
 | Broker + Triggers           | ``python -m eventing.broker`` (SQLite-backed)         |
 | Knative Service (function)  | its container command: ``functions-framework ...``    |
 | ContainerSource             | its container command (the storage source)            |
+| RabbitmqSource              | ``python -m eventing.rabbitmq_source`` (only with      |
+|                             | ``FALAJ_RABBITMQ_URL`` set)                            |
+| PingSource                  | ``python -m eventing.ping_source`` (the schedule)      |
 | InferenceService            | ``python -m inference.router`` (split + revisions)    |
 | RayJob                      | a local Ray head; the launcher submits to its Jobs API |
 
@@ -20,13 +23,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from falaj.auth import Role, write_token_file
 from falaj.context import Context
 from falaj.manifests import load_topology
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port, port_open
 from falaj.runtime.ray_head import RayHeadConfig, ray_env, start_ray_head
-from falaj.settings import PROJECT_ROOT, Settings
-from falaj.topology import Topology
+from falaj.settings import ENV_PREFIX, PROJECT_ROOT, Settings
+from falaj.topology import SourceSpec, Topology
 from falaj.topology_files import dump_endpoints, dump_topology
 
 #: Paths inside the container images, and where they live on one machine.
@@ -137,7 +142,11 @@ class LocalPlatform:
         service_file = self.paths.keys / "service.token"
         if not service_file.exists():
             service_file = self._issue_tokens()
-        settings = self.settings.model_copy(update={"token": None, "token_file": service_file})
+        # No component gets the AMQP URL (it holds a password) but the source that
+        # needs it: a job's environment is shown on the Ray dashboard.
+        settings = self.settings.model_copy(
+            update={"token": None, "token_file": service_file, "rabbitmq_url": None}
+        )
         env = ray_env({k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")})
         env.update(settings.to_env())
         env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
@@ -189,7 +198,14 @@ class LocalPlatform:
     ) -> None:
         progress(f"broker (CloudEvents ingress on :{self.settings.broker_port})")
         topology_file = self.paths.run / "topology.json"
-        dump_topology(topology.brokers.values(), topology.triggers, topology_file)
+        dump_topology(
+            topology.brokers.values(),
+            topology.triggers,
+            topology_file,
+            container_concurrency={
+                name: service.container_concurrency for name, service in topology.services.items()
+            },
+        )
         endpoints_file = self.paths.run / "endpoints.json"
         dump_endpoints(endpoints, endpoints_file)
         self._spawn(
@@ -228,8 +244,9 @@ class LocalPlatform:
     def _start_sources(
         self, topology: Topology, env: Mapping[str, str], progress: Progress
     ) -> None:
-        for name, source in topology.sources.items():
-            progress(f"source {name} (watching {self.paths.landing})")
+        for source in self.sources_to_run(topology):
+            name = source.name
+            progress(f"source {name} ({source.summary or f'watching {self.paths.landing}'})")
             argv = [
                 str(self.paths.landing) if arg == CONTAINER_LANDING else arg
                 for arg in self._local_command(source.command)
@@ -237,11 +254,32 @@ class LocalPlatform:
             process = ManagedProcess(
                 name=f"source-{name}",
                 argv=argv,
-                env=env,
+                env={**env, **self._required_env(source)},
                 log_path=self.paths.logs / f"source-{name}.log",
                 cwd=PROJECT_ROOT,
             ).start()
             self.processes.append(process)
+
+    def _required_env(self, source: SourceSpec) -> dict[str, str]:
+        """The one setting a source needs beyond the common ones, as its variable."""
+        if source.requires_setting is None:
+            return {}
+        value = getattr(self.settings, source.requires_setting)
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return {ENV_PREFIX + source.requires_setting.upper(): text}
+
+    def sources_to_run(self, topology: Topology) -> list[SourceSpec]:
+        """The sources ``falaj up`` starts: those whose required setting is set.
+
+        The embedded default needs no RabbitMQ: without ``FALAJ_RABBITMQ_URL``
+        a RabbitmqSource is not started (README, "Sources").
+        """
+        return [
+            source
+            for source in topology.sources.values()
+            if source.requires_setting is None
+            or getattr(self.settings, source.requires_setting) is not None
+        ]
 
     def _start_router(self, env: Mapping[str, str], progress: Progress) -> None:
         progress(f"inference router (KServe V1/V2 REST on :{self.settings.router_port})")

@@ -12,10 +12,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
@@ -121,3 +123,15 @@ class ReadyCheck:
         except httpx.HTTPError:
             return False
         return response.status_code < 300
+
+
+def stop_on_signals(*signums: signal.Signals) -> threading.Event:
+    """An event set on SIGTERM or SIGINT (or ``signums``): a source's loop runs until it is set."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        stop.set()
+
+    for signum in signums or (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return stop

@@ -1,11 +1,16 @@
 """The training launcher: turns events into Ray training jobs, one at a time per model.
 
-Policies, per event type:
+The models it trains are the feature repository's model specs
+(``feature_repo/models/<model>.yaml``). Policies, per event type:
 
-- ``data.ingested`` trains only while the model has no version yet (the
-  bootstrap); later issues add policies for new data (volume, schedule);
+- ``data.ingested`` trains each model of the dataset it names, only while the
+  model has no version yet (the bootstrap); later issues add policies for new
+  data (volume, schedule);
 - ``drift.detected`` trains, urgently, for the drifted model;
-- ``training.requested`` trains, with the reason it names.
+- ``training.requested`` trains, with the reason it names;
+- a PingSource's tick (``dev.knative.sources.ping``) trains the model its
+  data names, for the reason ``schedule`` and not urgently: off-peak
+  retraining that a run already going absorbs as its pending request.
 
 At most one job runs per model. A request that arrives while one runs is kept
 as the model's pending request (several merge into one) and is launched when
@@ -26,26 +31,29 @@ from falaj.events import (
     DriftDetected,
     EventType,
     ParsedEvent,
+    Ping,
     TrainingReason,
     TrainingRequested,
 )
+from falaj.feature_repo import FeatureRepo, load_repo
 from falaj.function import CloudEventFunction
 from falaj.logs import get_logger
 from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
+from falaj.settings import write_secrets_file
 from functions.training_launcher.jobs import TrainingJobs, TrainingRequest, TrainingRun
-from functions.training_launcher.ray_jobs import RayJobs, job_spec
-
-#: The models this launcher can train (each needs a feature schema and a job).
-MODELS = frozenset({"fraud"})
-#: The model of events that name none (``data.ingested``): the demo has one.
-DEFAULT_MODEL = "fraud"
+from functions.training_launcher.ray_jobs import JOB_SECRETS, RayJobs, job_spec
 
 
 class TrainingLauncherFunction(CloudEventFunction):
     name = "training-launcher"
     accepts = frozenset(
-        {EventType.DATA_INGESTED, EventType.DRIFT_DETECTED, EventType.TRAINING_REQUESTED}
+        {
+            EventType.DATA_INGESTED,
+            EventType.DRIFT_DETECTED,
+            EventType.TRAINING_REQUESTED,
+            EventType.PING,
+        }
     )
 
     def __init__(self) -> None:
@@ -53,7 +61,9 @@ class TrainingLauncherFunction(CloudEventFunction):
         self._jobs: TrainingJobs | None = None
         self._ray: RayJobs | None = None
         self._registry: ModelRegistry | None = None
+        self._repo: FeatureRepo | None = None
         self._token_file: Path | None = None
+        self._secrets_file: Path | None = None
         self.log = get_logger(function=self.name)
 
     def on_start(self) -> None:
@@ -61,6 +71,7 @@ class TrainingLauncherFunction(CloudEventFunction):
         self._jobs = TrainingJobs(self.ctx.paths.training)
         self._ray = RayJobs(settings.ray_jobs_address)
         self._registry = ModelRegistry(self.ctx)
+        self._repo = load_repo(settings)
         self._token_file = settings.token_file
         token = settings.bearer_token()
         if settings.token is not None and token is not None:
@@ -68,6 +79,10 @@ class TrainingLauncherFunction(CloudEventFunction):
             # job's environment on its dashboard: hand over a 0600 file instead.
             self._token_file = self.ctx.paths.keys / f"{self.name}.token"
             write_token_file(self._token_file, token)
+        # The Feast stores' URLs hold passwords: a 0600 file too.
+        secrets_file = self.ctx.paths.keys / f"{self.name}.secrets"
+        wrote = write_secrets_file(secrets_file, settings, JOB_SECRETS)
+        self._secrets_file = secrets_file if wrote else None
 
     @property
     def jobs(self) -> TrainingJobs:
@@ -82,7 +97,13 @@ class TrainingLauncherFunction(CloudEventFunction):
         super().stop()
 
     def handle(self, event: ParsedEvent) -> None:
-        model = _model_of(event)
+        models = self._models_of(event)
+        if not models:
+            self.log.info("training.no_model", event_type=event.type, event_id=event.id)
+        for model in models:
+            self._handle_for(event, model)
+
+    def _handle_for(self, event: ParsedEvent, model: str) -> None:
         # The status first: a job that ended frees the model, and a bootstrap
         # job that succeeded has registered the version the policy looks for.
         running = self._refresh(model)
@@ -100,6 +121,30 @@ class TrainingLauncherFunction(CloudEventFunction):
             self._launch(request)
 
     # -- policy --------------------------------------------------------------
+
+    def _models_of(self, event: ParsedEvent) -> list[str]:
+        """The models an event is about: the one it names, or its dataset's."""
+        if self._repo is None:
+            raise FalajError(f"function {self.name} used before start()")
+        repo, data = self._repo, event.data
+        if isinstance(data, DataIngested):
+            if data.dataset not in repo.datasets:
+                raise EventError(
+                    f"{event.type} names dataset {data.dataset!r}; the feature repository holds "
+                    + ", ".join(repo.datasets),
+                    problems=[f"data.dataset: {data.dataset!r} is not a dataset"],
+                )
+            return [spec.name for spec in repo.models_of(data.dataset)]
+        if isinstance(data, DriftDetected | TrainingRequested | Ping):
+            if data.model not in repo.models:
+                raise EventError(
+                    f"{event.type} asks to train model {data.model!r}; this launcher trains "
+                    + (", ".join(repo.models) or "no model")
+                    + " (each model needs a spec, feature_repo/models/<model>.yaml)",
+                    problems=[f"data.model: {data.model!r} is not a trainable model"],
+                )
+            return [data.model]
+        raise EventError(f"{self.name} has no policy for {event.type}")
 
     def _request_for(
         self, event: ParsedEvent, model: str, running: TrainingRun | None
@@ -123,6 +168,10 @@ class TrainingLauncherFunction(CloudEventFunction):
                 reason=data.reason,
                 urgent=data.urgent,
                 cause_event_id=data.cause_event_id or event.id,
+            )
+        if isinstance(data, Ping):
+            return TrainingRequest(
+                model=model, reason=TrainingReason.SCHEDULE, urgent=False, cause_event_id=event.id
             )
         raise EventError(f"{self.name} has no policy for {event.type}")
 
@@ -171,7 +220,13 @@ class TrainingLauncherFunction(CloudEventFunction):
             settings.region, resource=f"ray job for {request.model}", boundary=Boundary.JOB_LAUNCH
         )
         job_id = f"train-{request.model}-{uuid.uuid4().hex[:12]}"
-        spec = job_spec(job_id, request, settings, token_file=self._token_file)
+        spec = job_spec(
+            job_id,
+            request,
+            settings,
+            token_file=self._token_file,
+            secrets_file=self._secrets_file,
+        )
         # Submitted before it is recorded: if Ray refuses, nothing claims the
         # model and the pending request (if any) stays for the redelivery.
         self._ray_jobs().submit(spec)
@@ -198,16 +253,3 @@ class TrainingLauncherFunction(CloudEventFunction):
         if self._ray is None:
             raise FalajError(f"function {self.name} used before start()")
         return self._ray
-
-
-def _model_of(event: ParsedEvent) -> str:
-    data = event.data
-    model = data.model if isinstance(data, DriftDetected | TrainingRequested) else DEFAULT_MODEL
-    if model not in MODELS:
-        raise EventError(
-            f"{event.type} asks to train model {model!r}; this launcher trains "
-            + ", ".join(sorted(MODELS))
-            + " (each model needs a feature schema and a training job)",
-            problems=[f"data.model: {model!r} is not a trainable model"],
-        )
-    return model

@@ -4,8 +4,9 @@ The job runs ``training.job`` with the interpreter of this process
 (``sys.executable``): a bare ``python`` runs whatever is first on the Ray
 worker's PATH (STACK.md). Its settings travel as ``FALAJ_*`` variables in the
 job's runtime environment, which Ray shows on its dashboard and in its state
-API, so the bearer token itself is never among them: the job gets
-``FALAJ_TOKEN_FILE``, the path of a file only this user can read.
+API, so no secret is among them: the job gets ``FALAJ_TOKEN_FILE`` for the
+bearer token and ``FALAJ_SECRETS_FILE`` for the Feast stores' URLs, the paths
+of files only this user can read.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 import requests
 from ray.job_submission import JobSubmissionClient
 
-from falaj.settings import ENV_PREFIX, PROJECT_ROOT, Settings
+from falaj.settings import ENV_PREFIX, PROJECT_ROOT, SECRET_SETTINGS, Settings
 from functions.training_launcher.errors import JobSubmissionFailed
 from functions.training_launcher.jobs import TrainingRequest
 
+#: The secret settings a training job needs: it reads and applies the Feast stores.
+JOB_SECRETS = ("online_store", "feature_registry")
 #: The status recorded for a job the Ray head no longer knows (it was restarted).
 LOST = "LOST"
 JOB_MODULE = "training.job"
@@ -40,7 +43,12 @@ class JobSpec:
 
 
 def job_spec(
-    job_id: str, request: TrainingRequest, settings: Settings, *, token_file: Path | None
+    job_id: str,
+    request: TrainingRequest,
+    settings: Settings,
+    *,
+    token_file: Path | None,
+    secrets_file: Path | None = None,
 ) -> JobSpec:
     argv = [
         sys.executable,
@@ -56,7 +64,9 @@ def job_spec(
     return JobSpec(
         job_id=job_id,
         entrypoint=shlex.join(argv),
-        runtime_env={"env_vars": job_env(settings, token_file=token_file)},
+        runtime_env={
+            "env_vars": job_env(settings, token_file=token_file, secrets_file=secrets_file)
+        },
         metadata={
             "model": request.model,
             "reason": str(request.reason),
@@ -66,15 +76,23 @@ def job_spec(
     )
 
 
-def job_env(settings: Settings, *, token_file: Path | None) -> dict[str, str]:
-    """The job's environment: the settings, with the token replaced by its file."""
-    env = {
-        key: value
-        for key, value in settings.to_env().items()
-        if key not in {f"{ENV_PREFIX}TOKEN", f"{ENV_PREFIX}TOKEN_FILE"}
-    }
+def job_env(
+    settings: Settings, *, token_file: Path | None, secrets_file: Path | None = None
+) -> dict[str, str]:
+    """The job's environment: the settings, with each secret replaced by a file.
+
+    Ray shows a job's environment on its dashboard: no secret setting (the
+    token, a store's URL with its password) goes into it. ``secrets_file``
+    holds the ``JOB_SECRETS`` (``write_secrets_file``); the AMQP URL the job
+    never needs is in neither.
+    """
+    files = {f"{ENV_PREFIX}TOKEN_FILE", f"{ENV_PREFIX}SECRETS_FILE"}
+    hidden = files | {ENV_PREFIX + name.upper() for name in SECRET_SETTINGS}
+    env = {key: value for key, value in settings.to_env().items() if key not in hidden}
     if token_file is not None:
         env[f"{ENV_PREFIX}TOKEN_FILE"] = str(token_file.resolve())
+    if secrets_file is not None:
+        env[f"{ENV_PREFIX}SECRETS_FILE"] = str(secrets_file.resolve())
     # The same mode as the local head (falaj.runtime.ray_head.ray_env); the
     # job's own ray.init must not expect a token the head never issued.
     env["RAY_AUTH_MODE"] = "disabled"

@@ -7,6 +7,9 @@ runs under uvicorn the same way, so every delivery crosses a real socket.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -32,8 +35,8 @@ from eventing.topology_io import Endpoints, EventingTopology
 from falaj.auth import Role
 from falaj.context import Context
 from falaj.events import EventType, TrainingReason, TrainingRequested, make_event
-from falaj.runtime.processes import free_port
-from falaj.settings import Settings
+from falaj.runtime.processes import ManagedProcess, free_port
+from falaj.settings import PROJECT_ROOT, Settings
 from falaj.topology import BrokerSpec, DeliverySpec, TriggerSpec
 
 HOST = "127.0.0.1"
@@ -79,13 +82,21 @@ class Received:
     at: float
 
 
+#: A scripted answer that is no answer: the subscriber holds the request for ``hang_s``.
+HANG = -1
+
+
 @dataclass
 class Subscriber:
     """A subscriber that records every request and answers as scripted."""
 
     received: list[Received] = field(default_factory=list)
-    #: Statuses answered in order; 200 once they run out.
+    #: Statuses answered in order (or HANG); 200 once they run out.
     statuses: deque[int] = field(default_factory=deque)
+    #: How long a HANG holds the request before answering 200.
+    hang_s: float = 5.0
+    #: Extra response headers per status (e.g. Retry-After on a 429).
+    headers: dict[int, dict[str, str]] = field(default_factory=dict)
     #: Builds a reply event from a request, for 2xx answers.
     reply: Callable[[Received], CloudEvent | None] | None = None
     #: When set, requests wait for it before answering (a slow subscriber).
@@ -101,12 +112,16 @@ class Subscriber:
         if self.gate is not None:
             await run_in_threadpool(self.gate.wait, 20)
         status = self.statuses.popleft() if self.statuses else 200
+        if status == HANG:
+            # The behaviour under test: a subscriber slower than the delivery timeout.
+            await asyncio.sleep(self.hang_s)
+            status = 200
         if 200 <= status < 300 and self.reply is not None:
             event = self.reply(record)
             if event is not None:
                 headers, body = to_binary(event)
                 return Response(body, status_code=status, headers=headers)
-        return Response(b"scripted answer", status_code=status)
+        return Response(b"scripted answer", status_code=status, headers=self.headers.get(status))
 
     @property
     def url(self) -> str:
@@ -185,10 +200,12 @@ def start_broker(
         endpoints: dict[str, str] | None = None,
         endpoints_path: Path | None = None,
         max_body_bytes: int = 1024 * 1024,
+        container_concurrency: dict[str, int] | None = None,
     ) -> RunningBroker:
         topology = EventingTopology(
             brokers={"default": BrokerSpec(name="default", delivery=delivery or DeliverySpec())},
             triggers=triggers,
+            container_concurrency=container_concurrency or {},
         )
         broker = Broker(
             broker_ctx,
@@ -199,6 +216,12 @@ def start_broker(
             ),
         )
         server = ServerThread(build_app(broker)).start()
+        # Ready means the dispatcher process delivers too, not only the ingress.
+        wait_until(
+            lambda: httpx.get(server.url + "readyz").status_code == 200,
+            timeout_s=30,
+            what="the broker and its dispatcher to be ready",
+        )
         client = httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {service_token}"}, timeout=10
         )
@@ -233,4 +256,25 @@ def trigger(
         filter_attributes={"type": event_type} if event_type else {},
         subscriber=subscriber,
         delivery=delivery,
+    )
+
+
+def broker_process(settings: Settings, tmp_path: Path, name: str) -> ManagedProcess:
+    """``python -m eventing.broker`` on ``tmp_path``'s topology and endpoints files."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
+    env.update(settings.to_env())
+    return ManagedProcess(
+        name=name,
+        argv=[
+            sys.executable,
+            "-m",
+            "eventing.broker",
+            "--topology",
+            str(tmp_path / "topology.json"),
+            "--endpoints",
+            str(tmp_path / "endpoints.json"),
+        ],
+        env=env,
+        log_path=tmp_path / f"{name}.log",
+        cwd=PROJECT_ROOT,
     )

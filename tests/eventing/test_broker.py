@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +16,13 @@ from eventing.topology_io import dump_endpoints, dump_topology
 from falaj.auth import Role
 from falaj.context import Context
 from falaj.events import EventType
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
-from falaj.settings import PROJECT_ROOT, Settings
+from falaj.runtime.processes import ReadyCheck, free_port
+from falaj.settings import Settings
 from falaj.topology import BrokerSpec, DeliverySpec
 from tests.eventing.conftest import (
     BrokerFactory,
     Subscriber,
+    broker_process,
     training_requested,
     trigger,
     wait_until,
@@ -167,26 +167,6 @@ def test_probes_need_no_token(start_broker: BrokerFactory) -> None:
     assert httpx.get(running.url + "readyz").json() == {"status": "ready"}
 
 
-def _broker_process(settings: Settings, tmp_path: Path, name: str) -> ManagedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    env.update(settings.to_env())
-    return ManagedProcess(
-        name=name,
-        argv=[
-            sys.executable,
-            "-m",
-            "eventing.broker",
-            "--topology",
-            str(tmp_path / "topology.json"),
-            "--endpoints",
-            str(tmp_path / "endpoints.json"),
-        ],
-        env=env,
-        log_path=tmp_path / f"{name}.log",
-        cwd=PROJECT_ROOT,
-    )
-
-
 def test_sigkill_and_restart_lose_no_accepted_event(
     settings: Settings,
     ctx: Context,
@@ -202,7 +182,7 @@ def test_sigkill_and_restart_lose_no_accepted_event(
         }
     )
     dump_topology(
-        [BrokerSpec(name="default", delivery=DeliverySpec(retry=3, backoff_delay_s=0.05))],
+        [BrokerSpec(name="default", delivery=DeliverySpec(retry=3))],
         [trigger("all", "recorder")],
         tmp_path / "topology.json",
     )
@@ -211,8 +191,8 @@ def test_sigkill_and_restart_lose_no_accepted_event(
     auth = {"Authorization": f"Bearer {service_token}"}
     ready = ReadyCheck("127.0.0.1", port, "/readyz")
 
-    first = _broker_process(broker_settings, tmp_path, "broker-1").start()
-    second = _broker_process(broker_settings, tmp_path, "broker-2")
+    first = broker_process(broker_settings, tmp_path, "broker-1").start()
+    second = broker_process(broker_settings, tmp_path, "broker-2")
     try:
         first.wait_ready(ready, timeout_s=30)
         events = [training_requested(f"m{i}") for i in range(20)]

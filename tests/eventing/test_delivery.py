@@ -9,8 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from eventing.delivery import binary_mode
 from eventing.queue import DeliveryStatus
 from eventing.topology_io import dump_endpoints
 from falaj.auth import Role
@@ -19,6 +21,7 @@ from falaj.events import EventType, ModelRegistered, make_event
 from falaj.runtime.processes import free_port
 from falaj.topology import BackoffPolicy, DeliverySpec
 from tests.eventing.conftest import (
+    HANG,
     BrokerFactory,
     Received,
     RunningBroker,
@@ -58,7 +61,8 @@ def test_event_is_delivered_in_binary_mode_with_the_brokers_token(
 
 @pytest.mark.parametrize(
     ("policy", "expected_gaps"),
-    [(BackoffPolicy.LINEAR, [0.1, 0.2]), (BackoffPolicy.EXPONENTIAL, [0.2, 0.4])],
+    # Knative's waits before retries 1, 2, 3 (eventing.retry): d*(n-1) or d*2**(n-1).
+    [(BackoffPolicy.LINEAR, [0.0, 0.15, 0.3]), (BackoffPolicy.EXPONENTIAL, [0.15, 0.3, 0.6])],
 )
 def test_retryable_failures_are_retried_with_backoff(
     start_broker: BrokerFactory,
@@ -67,22 +71,85 @@ def test_retryable_failures_are_retried_with_backoff(
     expected_gaps: list[float],
 ) -> None:
     flaky = make_subscriber()
-    flaky.statuses = deque([503, 429])
+    flaky.statuses = deque([503, 429, 500])
     running = start_broker(
         (trigger("all", "flaky"),),
-        delivery=DeliverySpec(retry=3, backoff_policy=policy, backoff_delay_s=0.1),
+        delivery=DeliverySpec(retry=3, backoff_policy=policy, backoff_delay_s=0.15),
         endpoints={"flaky": flaky.url},
     )
     running.publish(training_requested())
     wait_until(lambda: statuses(running) == [DeliveryStatus.DONE], what="delivery done")
 
     times = [r.at for r in flaky.received]
-    assert len(times) == 3
+    assert len(times) == 4
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     for gap, expected in zip(gaps, expected_gaps, strict=True):
         assert gap >= expected * 0.95
+    # Each wait is the longer of the two policies' where they differ: the gaps tell them apart.
+    assert gaps[2] >= gaps[1] * 1.5
     [delivery] = running.broker.queue.deliveries()
-    assert delivery.attempts == 3
+    assert delivery.attempts == 4
+
+
+def test_5xx_429_and_timeouts_are_retried_with_backoff_then_dead_lettered(
+    start_broker: BrokerFactory, make_subscriber: SubscriberFactory
+) -> None:
+    failing = make_subscriber()
+    failing.statuses = deque([503, 429, HANG, 500])
+    failing.hang_s = 3.0
+    running = start_broker(
+        (
+            trigger(
+                "all",
+                "failing",
+                delivery=DeliverySpec(
+                    retry=3,
+                    backoff_policy=BackoffPolicy.EXPONENTIAL,
+                    backoff_delay_s=0.1,
+                    timeout_s=0.5,
+                ),
+            ),
+        ),
+        endpoints={"failing": failing.url},
+    )
+    event = training_requested()
+    running.publish(event)
+    wait_until(lambda: statuses(running) == [DeliveryStatus.DEAD], what="dead letter")
+
+    times = [r.at for r in failing.received]
+    assert len(times) == 4  # the first attempt and three retries
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps[0] >= 0.1 * 0.95
+    assert gaps[1] >= 0.2 * 0.95
+    # The third attempt hung: the broker gave up after its 0.5 s timeout, then waited 0.4 s.
+    assert 0.9 * 0.95 <= gaps[2] < failing.hang_s
+    [letter] = running.client.get("/dead-letters").json()
+    assert (letter["event_id"], letter["attempts"], letter["status_code"]) == (event["id"], 4, 500)
+    assert letter["reason"].startswith("gave up after 4 attempts: HTTP 500")
+    [delivery] = running.broker.queue.deliveries()
+    assert delivery.attempts == 4
+
+
+def test_a_429s_retry_after_is_honoured_up_to_retry_after_max(
+    start_broker: BrokerFactory, make_subscriber: SubscriberFactory
+) -> None:
+    busy = make_subscriber()
+    busy.statuses = deque([429])
+    busy.headers = {429: {"Retry-After": "30"}}
+    running = start_broker(
+        (trigger("all", "busy"),),
+        delivery=DeliverySpec(
+            retry=1,
+            backoff_policy=BackoffPolicy.LINEAR,
+            backoff_delay_s=0.01,
+            retry_after_max_s=0.6,
+        ),
+        endpoints={"busy": busy.url},
+    )
+    running.publish(training_requested())
+    wait_until(lambda: statuses(running) == [DeliveryStatus.DONE], what="delivery done")
+    first, second = (r.at for r in busy.received)
+    assert 0.6 * 0.95 <= second - first < 30  # capped at retryAfterMax, not the asked 30 s
 
 
 def test_a_non_retryable_status_is_dead_lettered_at_once(
@@ -92,7 +159,7 @@ def test_a_non_retryable_status_is_dead_lettered_at_once(
     strict.statuses = deque([400])
     running = start_broker(
         (trigger("all", "strict"),),
-        delivery=DeliverySpec(retry=5, backoff_delay_s=0.01),
+        delivery=DeliverySpec(retry=5),
         endpoints={"strict": strict.url},
     )
     event = training_requested()
@@ -117,7 +184,7 @@ def test_spent_retries_go_to_the_dead_letters_and_the_sink(
             trigger(
                 "all",
                 "broken",
-                delivery=DeliverySpec(retry=2, backoff_delay_s=0.01, dead_letter_sink="sink"),
+                delivery=DeliverySpec(retry=2, dead_letter_sink="sink"),
             ),
         ),
         endpoints={"broken": broken.url, "sink": sink.url},
@@ -138,14 +205,12 @@ def test_spent_retries_go_to_the_dead_letters_and_the_sink(
 
 def test_network_errors_are_retried(start_broker: BrokerFactory) -> None:
     nobody = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
-    running = start_broker(
-        (trigger("all", nobody),), delivery=DeliverySpec(retry=1, backoff_delay_s=0.01)
-    )
+    running = start_broker((trigger("all", nobody),), delivery=DeliverySpec(retry=1))
     running.publish(training_requested())
     wait_until(lambda: statuses(running) == [DeliveryStatus.DEAD], what="dead letter")
     [letter] = running.broker.queue.dead_letters()
     assert letter.attempts == 2
-    assert "ConnectError" in letter.reason
+    assert "ClientConnectorError" in letter.reason and "Cannot connect" in letter.reason
 
 
 def registered_reply(request: Received) -> CloudEvent:
@@ -213,6 +278,8 @@ def test_a_slow_subscriber_does_not_hold_up_other_triggers(
     running = start_broker(
         (trigger("slow", "slow"), trigger("fast", "fast")),
         endpoints={"slow": slow.url, "fast": fast.url},
+        # Like a Knative Service with containerConcurrency: 1.
+        container_concurrency={"slow": 1},
     )
     events = [training_requested(f"m{i}") for i in range(3)]
     for event in events:
@@ -268,3 +335,23 @@ def test_a_subscriber_not_started_yet_does_not_spend_retries(
     dump_endpoints({"late": late.url}, endpoints)
     wait_until(lambda: statuses(running) == [DeliveryStatus.DONE], what="delivery once it is up")
     assert len(late.received) == 1
+
+
+@pytest.mark.parametrize(
+    "data", [b'{"model": "fraud"}', {"model": "fraud"}, "plain text", [1, 2], None]
+)
+def test_binary_mode_is_what_the_sdk_sends(data: object) -> None:
+    event = CloudEvent(
+        {
+            "type": "dev.falaj.training.requested",
+            "source": "/falaj/test",
+            "dataregion": "me-central-1",
+            "knativebrokerttl": 255,
+            "datacontenttype": "application/json",
+        },
+        data,
+    )
+    sdk_headers, sdk_body = to_binary(event)
+    headers, body = binary_mode(event)
+    assert headers == {k: str(v) for k, v in sdk_headers.items()}
+    assert body == (sdk_body or b"")

@@ -4,7 +4,14 @@ import json
 import sqlite3
 from pathlib import Path
 
-from eventing.queue import DeliveryStatus, EventQueue, ReplayOutcome, Target, event_row
+from eventing.queue import (
+    DeliveryStatus,
+    DeliveryUpdate,
+    EventQueue,
+    ReplayOutcome,
+    Target,
+    event_row,
+)
 from tests.eventing.conftest import training_requested
 
 TARGETS = [Target("on-training", "launcher"), Target("audit-all", "recorder")]
@@ -13,7 +20,8 @@ TARGETS = [Target("on-training", "launcher"), Target("audit-all", "recorder")]
 def test_event_and_its_deliveries_are_stored_together(tmp_path: Path) -> None:
     queue = EventQueue(tmp_path / "q.db")
     event = training_requested()
-    assert queue.append([(event, TARGETS)], now=100.0) == [True]
+    appended = queue.append([(event, TARGETS)], now=100.0)
+    assert appended.stored == [True]
     [stored] = queue.events()
     assert (stored.id, stored.type, stored.source) == (event["id"], event["type"], event["source"])
     assert json.loads(stored.data or b"") == {
@@ -27,13 +35,19 @@ def test_event_and_its_deliveries_are_stored_together(tmp_path: Path) -> None:
         ("on-training", "launcher", DeliveryStatus.PENDING),
         ("audit-all", "recorder", DeliveryStatus.PENDING),
     ]
+    # The append hands back the same deliveries, with the event as stored.
+    assert [(p.id, p.trigger, p.due_at) for p in appended.deliveries] == [
+        (d.id, d.trigger, 100.0) for d in deliveries
+    ]
+    assert all(p.event["id"] == event["id"] for p in appended.deliveries)
 
 
 def test_same_source_and_id_is_a_duplicate_not_a_second_delivery(tmp_path: Path) -> None:
     queue = EventQueue(tmp_path / "q.db")
     event = training_requested()
-    assert queue.append([(event, TARGETS)]) == [True]
-    assert queue.append([(event, TARGETS)]) == [False]
+    assert queue.append([(event, TARGETS)]).stored == [True]
+    duplicate = queue.append([(event, TARGETS)])
+    assert (duplicate.stored, duplicate.deliveries) == ([False], [])
     assert len(queue.events()) == 1
     assert len(queue.deliveries()) == 2
 
@@ -57,30 +71,52 @@ def test_commits_are_durable_wal_with_full_sync(tmp_path: Path) -> None:
     assert (mode, sync) == ("wal", 2)  # 2 is FULL
 
 
-def test_due_order_retry_and_exclusion(tmp_path: Path) -> None:
+def test_pending_reads_a_triggers_deliveries_in_id_order_after_a_cursor(tmp_path: Path) -> None:
     queue = EventQueue(tmp_path / "q.db")
-    first, second = training_requested("a"), training_requested("b")
-    queue.append([(first, TARGETS[:1]), (second, TARGETS[:1])], now=10.0)
-    due = queue.next_due("on-training", now=10.0)
-    assert due is not None and queue.event(due.event_pk).id == first["id"]
+    events = [training_requested(f"m{i}") for i in range(5)]
+    queue.append([(e, TARGETS) for e in events], now=10.0)
+    first = queue.pending("on-training", after_id=0, limit=2)
+    assert [p.event["id"] for p in first] == [e["id"] for e in events[:2]]
+    rest = queue.pending("on-training", after_id=first[-1].id, limit=10)
+    assert [p.event["id"] for p in rest] == [e["id"] for e in events[2:]]
+    assert {p.trigger for p in first + rest} == {"on-training"}
 
-    queue.mark_retry(due.id, next_attempt_at=50.0, error="HTTP 503", status_code=503)
-    later = queue.next_due("on-training", now=10.0)
-    assert later is not None and queue.event(later.event_pk).id == second["id"]
-    assert queue.next_due("on-training", now=10.0, exclude=[later.id]) is None
-    assert queue.next_due_at("on-training", exclude=[later.id]) == 50.0
-    assert queue.next_due("other-trigger", now=100.0) is None
+    queue.update([DeliveryUpdate.done(rest[0].id, 200)])
+    again = queue.pending("on-training", after_id=first[-1].id, limit=10)
+    assert [p.id for p in again] == [p.id for p in rest[1:]]  # done leaves the pending set
 
-    [retried] = [d for d in queue.deliveries() if d.id == due.id]
-    assert (retried.attempts, retried.last_status_code) == (1, 503)
+
+def test_updates_in_one_commit_apply_in_order(tmp_path: Path) -> None:
+    queue = EventQueue(tmp_path / "q.db")
+    queue.append([(training_requested(), TARGETS[:1])])
+    [pending] = queue.pending("on-training", after_id=0, limit=1)
+    dead = queue.update(
+        [
+            DeliveryUpdate.defer(pending.id, next_attempt_at=5.0, error="no endpoint yet"),
+            DeliveryUpdate.retry(
+                pending.id, next_attempt_at=9.0, error="HTTP 503", status_code=503
+            ),
+            DeliveryUpdate.done(pending.id, 202),
+        ]
+    )
+    assert dead == {}
+    [delivery] = queue.deliveries()
+    assert (delivery.status, delivery.attempts, delivery.last_error) == (
+        DeliveryStatus.DONE,
+        2,  # the deferral sent nothing, so it counts no attempt
+        None,
+    )
+    assert delivery.last_status_code == 202
 
 
 def test_dead_letter_then_replay(tmp_path: Path) -> None:
     queue = EventQueue(tmp_path / "q.db")
     queue.append([(training_requested(), TARGETS[:1])])
-    delivery = queue.next_due("on-training", now=1e12)
-    assert delivery is not None
-    dead_id = queue.mark_dead(delivery.id, reason="not retryable: HTTP 400", status_code=400)
+    [delivery] = queue.pending("on-training", after_id=0, limit=1)
+    dead = queue.update(
+        [DeliveryUpdate.dead(delivery.id, reason="not retryable: HTTP 400", status_code=400)]
+    )
+    dead_id = dead[delivery.id]
 
     [letter] = queue.dead_letters()
     assert (letter.id, letter.trigger, letter.attempts, letter.status_code) == (
@@ -89,13 +125,26 @@ def test_dead_letter_then_replay(tmp_path: Path) -> None:
         1,
         400,
     )
-    assert queue.next_due("on-training", now=1e12) is None
+    assert queue.pending("on-training", after_id=0, limit=1) == []
+    assert queue.pending_delivery(delivery.id) is None
 
     assert queue.replay(dead_id) == (ReplayOutcome.REQUEUED, delivery.id)
     assert queue.replay(dead_id) == (ReplayOutcome.ALREADY_PENDING, delivery.id)
-    requeued = queue.next_due("on-training", now=1e12)
+    requeued = queue.pending_delivery(delivery.id)
     assert requeued is not None and (requeued.id, requeued.attempts) == (delivery.id, 0)
     assert queue.replay(9999) == (ReplayOutcome.NOT_FOUND, None)
+
+
+def test_retiring_a_removed_trigger_dead_letters_without_counting_attempts(
+    tmp_path: Path,
+) -> None:
+    queue = EventQueue(tmp_path / "q.db")
+    queue.append([(training_requested(f"m{i}"), TARGETS) for i in range(2)])
+    assert queue.pending_triggers() == {"on-training", "audit-all"}
+    retired = queue.retire("audit-all", reason="trigger 'audit-all' is no longer in the topology")
+    assert len(retired) == 2
+    assert queue.pending_triggers() == {"on-training"}
+    assert {(d.trigger, d.attempts) for d in queue.dead_letters()} == {("audit-all", 0)}
 
 
 def test_ingress_rejection_keeps_the_raw_request_and_is_not_replayable(tmp_path: Path) -> None:
@@ -121,3 +170,18 @@ def test_queue_file_is_plain_sqlite(tmp_path: Path) -> None:
     EventQueue(tmp_path / "q.db").append([(training_requested(), TARGETS)])
     with sqlite3.connect(tmp_path / "q.db") as db:
         assert db.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 2
+
+
+def test_commits_never_checkpoint_and_a_checkpoint_between_them_starts_the_wal_over(
+    tmp_path: Path,
+) -> None:
+    queue = EventQueue(tmp_path / "q.db")
+    assert queue._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(40):
+        queue.append([(training_requested(f"m{i}"), TARGETS)])
+    frames, copied = queue.checkpoint()
+    assert frames >= 40 and copied == frames
+    queue.append([(training_requested("after"), TARGETS)])
+    # The WAL started over: it holds the last commit's frames, not all of them.
+    frames_after, _ = queue.checkpoint()
+    assert 0 < frames_after < frames / 10

@@ -11,15 +11,14 @@ import pytest
 
 from falaj.audit import AuditLog
 from falaj.context import Context
+from falaj.demo.data import generate_transactions
 from falaj.errors import ResidencyViolation
-from falaj.features import (
-    FEATURE_SERVICE,
-    FEATURE_VIEW,
-    TTL,
-    FeatureStoreClient,
-)
+from falaj.feature_repo import load_repo
+from falaj.features import TTL, FeatureStoreClient
+from falaj.model_spec import ModelSpec
 from falaj.schema import FeatureSchema, load_schema
 from falaj.settings import Settings
+from falaj.validation import validate_frame
 
 T0 = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)
 
@@ -29,9 +28,14 @@ def schema() -> FeatureSchema:
     return load_schema(Settings())
 
 
+@pytest.fixture(scope="module")
+def fraud() -> ModelSpec:
+    return load_repo(Settings()).model("fraud")
+
+
 def client_in(home: Path, schema: FeatureSchema, **settings: object) -> FeatureStoreClient:
     ctx = Context.create(Settings(home=home, **settings), actor="test")  # type: ignore[arg-type]
-    return FeatureStoreClient(ctx, schema)
+    return FeatureStoreClient(ctx, schema, load_repo(ctx.settings).models_of(schema.dataset))
 
 
 @pytest.fixture(scope="module")
@@ -60,22 +64,32 @@ def rows(
             "is_fraud": [str(i % 2) for i in range(len(at))],
         }
     )
-    result = schema.validate(raw)
+    result = validate_frame(schema, raw)
     assert result.rejected == []
     return result.good
 
 
-def test_apply_registers_the_definitions_and_is_idempotent(client: FeatureStoreClient) -> None:
+def test_apply_registers_the_definitions_and_is_idempotent(
+    client: FeatureStoreClient, fraud: ModelSpec
+) -> None:
     client.apply()  # a second apply changes nothing and does not fail
     store = client.store
-    view = store.get_feature_view(FEATURE_VIEW)
+    view = store.get_feature_view("transactions_features")
     assert [f.name for f in view.features] == list(client.schema.stored_features)
     assert view.ttl == TTL
-    service = store.get_feature_service(FEATURE_SERVICE)
+    # One feature service per model reading the dataset, named after the model.
+    (service,) = store.list_feature_services()
+    assert service.name == "fraud_model"
     (projection,) = service.feature_view_projections
-    assert [f.name for f in projection.features] == list(client.schema.feature_names)
+    assert [f.name for f in projection.features] == list(fraud.features)
     (entity,) = store.list_entities()
-    assert (entity.name, entity.join_key, entity.value_type.name) == ("card", "card_id", "STRING")
+    assert (entity.name, entity.join_key, entity.value_type.name) == (
+        "card_id",
+        "card_id",
+        "STRING",
+    )
+    sources = sorted(s.name for s in store.list_data_sources())
+    assert sources == ["transactions_offline", "transactions_push"]
     assert (client.ctx.paths.feast / "registry.db").is_file()
     assert (client.ctx.paths.feast / "online.db").is_file()
 
@@ -107,7 +121,7 @@ def test_a_home_out_of_region_gets_no_byte(tmp_path: Path, schema: FeatureSchema
 
 
 def test_online_holds_each_cards_newest_row(
-    client: FeatureStoreClient, schema: FeatureSchema
+    client: FeatureStoreClient, schema: FeatureSchema, fraud: ModelSpec
 ) -> None:
     both = pd.concat(
         [
@@ -117,9 +131,13 @@ def test_online_holds_each_cards_newest_row(
     )
     assert client.push_online(both) == 2
     online = client.online_features(["card-on-a", "card-on-b", "card-never"])
-    assert list(online) == ["card_id", *schema.feature_names]
+    assert list(online) == ["card_id", *schema.stored_features]
     assert online["amount"] == [20.0, 30.0, None]
     assert online["hour"] == [14, 12, None]
+    # Through a model's feature service: its inputs alone, in its input order.
+    inputs = client.online_features(["card-on-b"], fraud)
+    assert list(inputs) == ["card_id", *fraud.features]
+    assert inputs["amount"] == [30.0]
     # A late file with an older row must not overwrite what is online.
     late = rows(schema, "card-on-a", [T0 - timedelta(days=1)], amounts=[5.0])
     assert client.push_online(late) == 0
@@ -127,7 +145,7 @@ def test_online_holds_each_cards_newest_row(
 
 
 def test_training_rows_get_features_as_of_their_time(
-    client: FeatureStoreClient, schema: FeatureSchema
+    client: FeatureStoreClient, schema: FeatureSchema, fraud: ModelSpec
 ) -> None:
     history = [T0, T0 + timedelta(days=2), T0 + timedelta(days=4)]
     client.write_offline(rows(schema, "card-pit", history, amounts=[100.0, 200.0, 300.0]))
@@ -146,22 +164,24 @@ def test_training_rows_get_features_as_of_their_time(
             "is_fraud": [0, 1, 0, 1, 0, 1],
         }
     )
-    training = client.training_frame(entity_rows)
+    training = client.training_frame(fraud, entity_rows)
     frame = training.frame
-    assert list(frame.columns) == ["card_id", "event_timestamp", "is_fraud", *schema.feature_names]
+    assert list(frame.columns) == ["card_id", "event_timestamp", "is_fraud", *fraud.features]
     assert frame["amount"].tolist() == [100.0, 300.0, 200.0]
     assert frame["is_fraud"].tolist() == [0, 1, 0]
     assert frame["tx_count_24h"].tolist() == [0, 2, 1]
     assert training.dropped.count == 3
     assert training.dropped.by_reason == {
-        "whose card has no feature data at all": 1,
-        "older than all of their card's feature data": 1,
-        f"with no feature row of their card in the ttl ({TTL.days} days) before them": 1,
+        "whose entity has no feature data at all": 1,
+        "older than all of their entity's feature data": 1,
+        f"with no feature row of their entity in the ttl ({TTL.days} days) before them": 1,
     }
-    assert "1 row(s) older than all of their card's feature data" in training.dropped.reason
+    assert "1 row(s) older than all of their entity's feature data" in training.dropped.reason
 
 
-def test_by_default_every_labelled_row_trains_once(tmp_path: Path, schema: FeatureSchema) -> None:
+def test_by_default_every_labelled_row_trains_once(
+    tmp_path: Path, schema: FeatureSchema, fraud: ModelSpec
+) -> None:
     store = client_in(tmp_path / ".falaj", schema)
     store.apply()
     times = [T0 + timedelta(hours=h) for h in range(4)]
@@ -169,7 +189,7 @@ def test_by_default_every_labelled_row_trains_once(tmp_path: Path, schema: Featu
     store.write_offline(first)
     store.write_offline(first.iloc[:2])  # the same rows ingested a second time
     store.write_offline(rows(schema, "card-y", times[:1], amounts=[9.0]))
-    training = store.training_frame()
+    training = store.training_frame(fraud)
     frame = training.frame.sort_values(["card_id", "event_timestamp"])
     assert frame["card_id"].tolist() == ["card-x"] * 4 + ["card-y"]
     assert frame["amount"].tolist() == [1.0, 2.0, 3.0, 4.0, 9.0]
@@ -177,8 +197,10 @@ def test_by_default_every_labelled_row_trains_once(tmp_path: Path, schema: Featu
     assert training.dropped.by_reason == {"ingested more than once (the latest ingest is kept)": 2}
 
 
-def test_an_empty_store_gives_an_empty_training_set(tmp_path: Path, schema: FeatureSchema) -> None:
-    training = client_in(tmp_path / ".falaj", schema).training_frame()
+def test_an_empty_store_gives_an_empty_training_set(
+    tmp_path: Path, schema: FeatureSchema, fraud: ModelSpec
+) -> None:
+    training = client_in(tmp_path / ".falaj", schema).training_frame(fraud)
     assert training.frame.empty
     assert training.dropped.count == 0
 
@@ -195,11 +217,42 @@ def test_the_feature_repo_holds_the_same_definitions_for_feast_apply() -> None:
     assert config.online_store.type == "sqlite"
     contents = parse_repo(repo)
     # parse_repo adds its own "__dummy" entity for entity-less views.
-    assert [e.name for e in contents.entities if e.name != "__dummy"] == ["card"]
-    assert [v.name for v in contents.feature_views] == [FEATURE_VIEW]
-    assert [s.name for s in contents.feature_services] == [FEATURE_SERVICE]
+    assert [e.name for e in contents.entities if e.name != "__dummy"] == ["card_id"]
+    assert [v.name for v in contents.feature_views] == ["transactions_features"]
+    assert [s.name for s in contents.feature_services] == ["fraud_model"]
     sources = {s.name: s for s in contents.data_sources}
     assert set(sources) == {"transactions_offline", "transactions_push"}
     offline = sources["transactions_offline"]
     assert isinstance(offline, FileSource)
     assert offline.path == "data/offline/transactions"
+
+
+def test_a_push_from_another_thread_uses_the_same_online_index(ctx: Context) -> None:
+    # functions-framework serves each request on a thread of its own.
+    import threading
+
+    schema = load_schema(ctx.settings)
+    client = FeatureStoreClient(ctx, schema)
+    client.apply()
+    rows = validate_frame(schema, generate_transactions(60, seed=5, cards=6)).good
+    assert client.push_online(rows) == 6
+    pushed: list[int] = []
+    worker = threading.Thread(target=lambda: pushed.append(client.push_online(rows)))
+    worker.start()
+    worker.join(timeout=60)
+    assert pushed == [6]  # equal times go through: a re-ingest of the same rows wins
+
+
+def test_a_late_file_does_not_replace_newer_online_features(ctx: Context) -> None:
+    schema = load_schema(ctx.settings)
+    client = FeatureStoreClient(ctx, schema)
+    client.apply()
+    newer = validate_frame(schema, generate_transactions(40, seed=6, cards=4)).good
+    older = newer.copy()
+    older["event_timestamp"] = older["event_timestamp"] - pd.Timedelta(days=60)
+    older["amount"] = 1.0
+    assert client.push_online(newer) == 4
+    assert client.push_online(older) == 0
+    latest = newer.sort_values("event_timestamp").groupby("card_id").last()
+    cards = sorted(latest.index)
+    assert client.online_features(cards)["amount"] == latest.loc[cards, "amount"].tolist()

@@ -33,12 +33,14 @@ def topology() -> Topology:
     return load_topology(BASE)
 
 
-def test_six_triggers_route_each_event_type_to_its_function(topology: Topology) -> None:
+def test_eight_triggers_route_each_event_type_to_its_function(topology: Topology) -> None:
     routes = {
         t.name: (t.broker, dict(t.filter_attributes), t.subscriber) for t in topology.triggers
     }
     assert routes == {
-        "storage-to-ingest": ("default", {"type": EventType.OBJECT_FINALIZED}, "ingest"),
+        "storage-to-ingest": ("default", {"type": EventType.OBJECT_CREATED}, "ingest"),
+        # Its filter is the Subscriptions API's `filters` (either queue record type).
+        "records-to-ingest": ("default", {}, "ingest"),
         "ingested-to-training": (
             "default",
             {"type": EventType.DATA_INGESTED},
@@ -50,10 +52,20 @@ def test_six_triggers_route_each_event_type_to_its_function(topology: Topology) 
             {"type": EventType.TRAINING_REQUESTED},
             "training-launcher",
         ),
+        "schedule-to-training": ("default", {"type": EventType.PING}, "training-launcher"),
         "registered-to-rollout": ("default", {"type": EventType.MODEL_REGISTERED}, "rollout"),
         "inference-to-drift": ("default", {"type": EventType.INFERENCE_LOGGED}, "drift"),
     }
     assert all(t.subscriber_uri is None for t in topology.triggers)
+    [records] = [t for t in topology.triggers if t.name == "records-to-ingest"]
+    assert records.filters == (
+        {
+            "any": [
+                {"exact": {"type": EventType.RABBITMQ_MESSAGE}},
+                {"exact": {"type": EventType.KAFKA_RECORD}},
+            ]
+        },
+    )
 
 
 def test_triggers_keep_kustomization_order(topology: Topology) -> None:
@@ -101,11 +113,54 @@ def test_four_functions_run_under_functions_framework(topology: Topology) -> Non
 
 
 def test_storage_source_sends_to_the_broker(topology: Topology) -> None:
-    (source,) = topology.sources.values()
-    assert source.name == "storage-source"
+    source = topology.sources["storage-source"]
     assert source.kind == "ContainerSource"
     assert source.command[:3] == ("python", "-m", "eventing.storage_source")
     assert source.sink_broker == "default"
+    assert source.requires_setting is None
+
+
+def test_every_source_lands_in_the_kustomizations_namespace(topology: Topology) -> None:
+    assert list(topology.sources) == ["storage-source", "records", "fraud-retraining"]
+    assert {s.namespace for s in topology.sources.values()} == {"falaj"}
+    assert {s.sink_broker for s in topology.sources.values()} == {"default"}
+
+
+def test_the_rabbitmq_source_runs_the_local_consumer_with_its_fields(topology: Topology) -> None:
+    source = topology.sources["records"]
+    assert source.kind == "RabbitmqSource"
+    assert source.command == (
+        "python",
+        "-m",
+        "eventing.rabbitmq_source",
+        "--name=records",
+        "--namespace=falaj",
+        "--queue=falaj-records",
+        "--parallelism=50",
+        "--backoff-policy=exponential",
+        "--backoff-delay=0.5",
+        "--exchange=falaj-records",
+    )
+    # Only with FALAJ_RABBITMQ_URL: the embedded default needs no RabbitMQ.
+    assert source.requires_setting == "rabbitmq_url"
+
+
+def test_the_ping_source_runs_the_local_scheduler_with_its_fields(topology: Topology) -> None:
+    source = topology.sources["fraud-retraining"]
+    assert source.kind == "PingSource"
+    assert source.command == (
+        "python",
+        "-m",
+        "eventing.ping_source",
+        "--name=fraud-retraining",
+        "--namespace=falaj",
+        "--schedule=0 2 * * *",
+        "--timezone=Asia/Dubai",
+        "--content-type=application/json",
+        '--data={"model": "fraud"}',
+        "--extension=dataregion=me-central-1",
+    )
+    assert source.requires_setting is None
 
 
 def test_inference_service_canaries_and_scales_to_zero(topology: Topology) -> None:
@@ -206,7 +261,7 @@ def test_minimal_manifests_load(tmp_path: Path) -> None:
         tmp_path,
         {
             "broker.yaml": BROKER,
-            "wiring.yaml": SERVICE + "---\n" + _trigger("t", EventType.OBJECT_FINALIZED),
+            "wiring.yaml": SERVICE + "---\n" + _trigger("t", EventType.OBJECT_CREATED),
         },
     )
     topology = load_topology(folder)
@@ -251,6 +306,28 @@ def test_a_bad_backoff_delay_names_the_field(tmp_path: Path) -> None:
     trigger = _trigger("t", EventType.DATA_INGESTED, extra="delivery:\n  backoffDelay: 2s\n")
     folder = _write(tmp_path, {"all.yaml": BROKER + "---\n" + SERVICE + "---\n" + trigger})
     with pytest.raises(ManifestError, match=r"Trigger 't': spec.delivery.backoffDelay: expected"):
+        load_topology(folder)
+
+
+def test_timeout_and_retry_after_max_are_read_and_backoff_needs_both_fields(
+    tmp_path: Path,
+) -> None:
+    delivery = "delivery:\n  retry: 2\n  backoffDelay: PT0.5S\n  timeout: PT3S\n"
+    delivery += "  retryAfterMax: PT1M\n"
+    trigger = _trigger("t", EventType.DATA_INGESTED, extra=delivery)
+    folder = _write(tmp_path, {"all.yaml": BROKER + "---\n" + SERVICE + "---\n" + trigger})
+    [loaded] = load_topology(folder).triggers
+    assert loaded.delivery == DeliverySpec(
+        retry=2, backoff_delay_s=0.5, timeout_s=3.0, retry_after_max_s=60.0
+    )
+    # No policy given: Knative backs off only when both fields are set, and so do we.
+    assert loaded.delivery.backoff_policy is None
+
+
+def test_a_bad_timeout_names_the_field(tmp_path: Path) -> None:
+    trigger = _trigger("t", EventType.DATA_INGESTED, extra="delivery:\n  timeout: 3s\n")
+    folder = _write(tmp_path, {"all.yaml": BROKER + "---\n" + SERVICE + "---\n" + trigger})
+    with pytest.raises(ManifestError, match=r"Trigger 't': spec.delivery.timeout: expected"):
         load_topology(folder)
 
 
@@ -358,7 +435,7 @@ def test_a_kustomization_with_patches_is_not_read_as_plain_resources(tmp_path: P
 def test_nested_kustomizations_are_followed_in_order(tmp_path: Path) -> None:
     _write(tmp_path / "eventing", {"broker.yaml": BROKER})
     _write(tmp_path / "functions", {"service.yaml": SERVICE})
-    trigger = _trigger("t", EventType.OBJECT_FINALIZED)
+    trigger = _trigger("t", EventType.OBJECT_CREATED)
     folder = _write(
         tmp_path,
         {"trigger.yaml": trigger},
@@ -372,3 +449,231 @@ def test_nested_kustomizations_are_followed_in_order(tmp_path: Path) -> None:
 def test_a_missing_folder_says_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"no kustomization\.yaml in"):
         load_topology(tmp_path)
+
+
+# --- Trigger spec.filters ------------------------------------------------------------------
+
+
+def test_inference_to_drift_routes_by_the_subscriptions_api_filters(topology: Topology) -> None:
+    (trigger,) = [t for t in topology.triggers if t.name == "inference-to-drift"]
+    assert trigger.filters == (
+        {"exact": {"type": EventType.INFERENCE_LOGGED}},
+        {"prefix": {"source": "/falaj/inference"}},
+    )
+    others = [t.name for t in topology.triggers if t.filters and t is not trigger]
+    assert others == ["records-to-ingest"]
+
+
+def test_nested_filters_are_kept_as_written(tmp_path: Path) -> None:
+    filters = """
+filters:
+  - any:
+      - exact: {type: dev.falaj.drift.detected}
+      - suffix: {type: .requested}
+  - not:
+      prefix: {subject: canary/}
+"""
+    trigger = _trigger("t", EventType.DATA_INGESTED, extra=filters)
+    folder = _write(tmp_path, {"all.yaml": BROKER + "---\n" + SERVICE + "---\n" + trigger})
+    (loaded,) = load_topology(folder).triggers
+    assert loaded.filters == (
+        {
+            "any": [
+                {"exact": {"type": EventType.DRIFT_DETECTED}},
+                {"suffix": {"type": ".requested"}},
+            ]
+        },
+        {"not": {"prefix": {"subject": "canary/"}}},
+    )
+    # The attributes filter is still read; the broker uses it only without filters.
+    assert loaded.filter_attributes == {"type": EventType.DATA_INGESTED}
+
+
+def test_every_malformed_filter_is_named_with_its_path(tmp_path: Path) -> None:
+    filters = """
+filters:
+  - exact: {type: dev.falaj.data.ingested}
+    prefix: {source: /falaj}
+  - regex: {type: dev}
+  - cesql: "type = 'x'"
+  - all: []
+  - not:
+      any:
+        - suffix: {type: ""}
+        - exact: {Source: /falaj, type: dev.falaj.data.ingested}
+  - prefix: {type: dev.falaj.nope}
+"""
+    trigger = _trigger("t", EventType.DATA_INGESTED, extra=filters)
+    folder = _write(tmp_path, {"all.yaml": BROKER + "---\n" + SERVICE + "---\n" + trigger})
+    with pytest.raises(ManifestError) as caught:
+        load_topology(folder)
+    message = str(caught.value)
+    assert message.startswith("1 problem(s) in the manifests")
+    assert "Trigger 't': expected spec.filters[0] to be an object with exactly one" in message
+    assert "got 2 dialects (exact, prefix)" in message
+    known = "expected one of exact, prefix, suffix, all, any, not"
+    assert f"spec.filters[1] has the unknown dialect 'regex'; {known}" in message
+    assert f"spec.filters[2].cesql: CESQL has no local equivalent; {known}" in message
+    assert "expected spec.filters[3].all to be a non-empty list" in message
+    assert "spec.filters[4].not.any[0].suffix.type to be a non-empty string" in message
+    assert "spec.filters[4].not.any[1].exact: attribute name 'Source' is not a" in message
+    assert "spec.filters[5].prefix.type 'dev.falaj.nope' matches no event type" in message
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ("filters: {exact: {type: x}}", r"expected spec.filters to be a list"),
+        ("filters:\n  - exact: {source: 7}", r"spec.filters\[0\].exact.source to be a non-empty"),
+        ("filters:\n  - suffix: {my-ext: x}", r"attribute name 'my-ext' is not a CloudEvents"),
+        ("filters:\n  - not: [exact: {id: x}]", r"expected spec.filters\[0\].not to be an object"),
+    ],
+)
+def test_a_malformed_filter_is_refused(tmp_path: Path, filters: str, message: str) -> None:
+    trigger = _trigger("t", EventType.DATA_INGESTED, extra=filters + "\n")
+    folder = _write(tmp_path, {"all.yaml": BROKER + "---\n" + SERVICE + "---\n" + trigger})
+    with pytest.raises(ManifestError, match=message):
+        load_topology(folder)
+
+
+# --- RabbitmqSource and PingSource ------------------------------------------------------------
+
+
+def _rabbitmq_source(resources: str = "queueName: q\n    exchangeName: x", extra: str = "") -> str:
+    return f"""
+apiVersion: sources.knative.dev/v1alpha1
+kind: RabbitmqSource
+metadata: {{name: records}}
+spec:
+  rabbitmqClusterReference: {{connectionSecret: {{name: rabbit}}}}
+  rabbitmqResourcesConfig:
+    {resources}
+  sink:
+    ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+{textwrap.indent(textwrap.dedent(extra), "  ")}"""
+
+
+def _ping_source(fields: str) -> str:
+    return f"""
+apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {{name: nightly}}
+spec:
+{textwrap.indent(textwrap.dedent(fields), "  ")}
+  sink:
+    ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+"""
+
+
+PING_FIELDS = """
+schedule: "0 2 * * *"
+timezone: Asia/Dubai
+contentType: application/json
+data: '{"model": "fraud"}'
+ceOverrides: {extensions: {dataregion: me-central-1}}
+"""
+
+
+def _load_one(tmp_path: Path, text: str) -> Topology:
+    return load_topology(_write(tmp_path, {"broker.yaml": BROKER, "source.yaml": text}))
+
+
+def test_a_predeclared_queue_needs_no_exchange_and_keeps_its_vhost(tmp_path: Path) -> None:
+    source = _load_one(
+        tmp_path,
+        _rabbitmq_source(
+            "queueName: q\n    predeclared: true\n    vhost: bank\n    parallelism: 5",
+            extra="delivery: {backoffPolicy: linear, backoffDelay: PT2S, retry: 3}",
+        ),
+    ).sources["records"]
+    assert source.command[3:] == (
+        "--name=records",
+        "--namespace=default",
+        "--queue=q",
+        "--parallelism=5",
+        "--backoff-policy=linear",
+        "--backoff-delay=2.0",
+        "--vhost=bank",
+        "--predeclared",
+    )
+
+
+@pytest.mark.parametrize(
+    ("resources", "extra", "problem"),
+    [
+        (
+            "queueNmae: q\n    exchangeName: x",
+            "",
+            "spec.rabbitmqResourcesConfig has unknown field(s) queueNmae; expected only "
+            "exchangeName, parallelism, predeclared, queueName, vhost",
+        ),
+        ("queueName: q", "", "spec.rabbitmqResourcesConfig.exchangeName is missing"),
+        (
+            "queueName: q\n    exchangeName: x\n    parallelism: 0",
+            "",
+            "expected spec.rabbitmqResourcesConfig.parallelism to be 1 to 1000, got 0",
+        ),
+        (
+            "queueName: q\n    exchangeName: x",
+            "delivery: {backoffDelay: 2s}",
+            "spec.delivery.backoffDelay: expected an ISO-8601 duration",
+        ),
+        (
+            "queueName: q\n    exchangeName: x",
+            "delivery: {deadLetterSink: {uri: http://x}}",
+            "spec.delivery has unknown field(s) deadLetterSink",
+        ),
+    ],
+)
+def test_a_rabbitmq_source_the_local_consumer_cannot_run_is_refused(
+    tmp_path: Path, resources: str, extra: str, problem: str
+) -> None:
+    with pytest.raises(ManifestError) as caught:
+        _load_one(tmp_path, _rabbitmq_source(resources, extra))
+    assert f"{tmp_path / 'source.yaml'}: RabbitmqSource 'records': {problem}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (("schedule:", "schedul:"), "spec has unknown field(s) schedul"),
+        (('"0 2 * * *"', '"@every 24h"'), "@every is not supported by Knative's PingSource"),
+        (("Asia/Dubai", "Asia/Dubay"), "timezone 'Asia/Dubay' is not an IANA time zone"),
+        (('{"model": "fraud"}', '{"modle": "fraud"}'), "spec.data does not fit the catalog's Ping"),
+        (('\'{"model": "fraud"}\'', "'model=fraud'"), "spec.data is not JSON"),
+        (("application/json", "text/plain"), "expected spec.contentType application/json"),
+        (("dataregion: me-central-1", "region: me-central-1"), "extensions.dataregion is missing"),
+        (
+            ("data: ", "dataBase64: e30=\ndata: "),
+            "spec.data and spec.dataBase64 are exclusive",
+        ),
+    ],
+)
+def test_a_ping_source_the_broker_would_refuse_is_refused(
+    tmp_path: Path, change: tuple[str, str], problem: str
+) -> None:
+    with pytest.raises(ManifestError) as caught:
+        _load_one(tmp_path, _ping_source(PING_FIELDS.replace(*change)))
+    assert f"{tmp_path / 'source.yaml'}: PingSource 'nightly': " in str(caught.value)
+    assert problem in str(caught.value)
+
+
+def test_ping_data_may_be_given_in_base64(tmp_path: Path) -> None:
+    fields = PING_FIELDS.replace(
+        'data: \'{"model": "fraud"}\'', "dataBase64: eyJtb2RlbCI6ICJmcmF1ZCJ9"
+    )
+    source = _load_one(tmp_path, _ping_source(fields)).sources["nightly"]
+    assert "--data-base64=eyJtb2RlbCI6ICJmcmF1ZCJ9" in source.command
+
+
+def test_the_outermost_kustomization_sets_the_namespace(tmp_path: Path) -> None:
+    inner = _write(
+        tmp_path / "eventing",
+        {"broker.yaml": BROKER, "source.yaml": _ping_source(PING_FIELDS)},
+        kustomization="namespace: inner\nresources: [broker.yaml, source.yaml]\n",
+    )
+    assert load_topology(inner).sources["nightly"].namespace == "inner"
+    outer = _write(tmp_path, {}, kustomization="namespace: bank\nresources: [eventing]\n")
+    assert load_topology(outer).sources["nightly"].namespace == "bank"
+    own = _ping_source(PING_FIELDS).replace("{name: nightly}", "{name: nightly, namespace: ops}")
+    assert _load_one(tmp_path / "own", own).sources["nightly"].namespace == "ops"

@@ -13,6 +13,7 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ import pytest
 from pydantic import SecretStr
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from eventing.ping_source import PingSpec, ping_event
 from falaj.audit import AuditLog
 from falaj.auth import Role
 from falaj.context import Context
+from falaj.cron import CronSchedule
 from falaj.demo.data import generate_transactions
 from falaj.errors import EventError, ResidencyViolation
 from falaj.events import (
@@ -36,18 +39,21 @@ from falaj.events import (
     make_event,
     parse_event,
 )
+from falaj.feature_repo import load_repo
 from falaj.features import FeatureStoreClient
 from falaj.profile import ReferenceProfile
 from falaj.registry import ModelRegistry
 from falaj.runtime.processes import free_port
 from falaj.schema import load_schema
 from falaj.settings import Settings
+from falaj.validation import validate_frame
 from functions.training_launcher import TrainingJobs, TrainingLauncherFunction, TrainingRequest
+from functions.training_launcher import function as launcher_module
 from functions.training_launcher.errors import JobSubmissionFailed
-from functions.training_launcher.ray_jobs import job_env, job_spec
+from functions.training_launcher.ray_jobs import JobSpec, job_env, job_spec
 from tests.training.event_sink import EventSink
 from training.export import to_onnx
-from training.model import ModelSpec, ProbabilityModel, TabularMLP
+from training.model import NetworkSpec, ProbabilityModel, TabularMLP
 
 MODEL = "fraud"
 
@@ -56,14 +62,14 @@ def event(ctx: Context, event_type: EventType, data: EventData) -> ParsedEvent:
     return parse_event(make_event(event_type, data, region=ctx.settings.region), ctx.policy)
 
 
-def ingested(ctx: Context) -> ParsedEvent:
+def ingested(ctx: Context, dataset: str = "transactions") -> ParsedEvent:
     return event(
         ctx,
         EventType.DATA_INGESTED,
         DataIngested(
-            dataset="transactions",
+            dataset=dataset,
             location="file:///landing/tx.csv",
-            generation="1",
+            object_version="1",
             rows_total=10,
             rows_ingested=10,
             rows_quarantined=0,
@@ -129,7 +135,7 @@ def event_sink() -> Iterator[EventSink]:
 def register_version(ctx: Context) -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(50, 6)).astype(np.float32)
-    model = ProbabilityModel(TabularMLP(ModelSpec(features=6, hidden=(4,))))
+    model = ProbabilityModel(TabularMLP(NetworkSpec(features=6, hidden=(4,))))
     names = ("amount", "hour", "distance_km", "card_age_days", "tx_count_24h", "is_foreign")
     ModelRegistry(ctx).register(
         MODEL,
@@ -173,6 +179,13 @@ def test_an_unknown_model_is_a_bad_event(ctx: Context, launcher: TrainingLaunche
     assert refused.value.status == 400
 
 
+def test_data_of_an_unknown_dataset_is_a_bad_event(
+    ctx: Context, launcher: TrainingLauncherFunction
+) -> None:
+    with pytest.raises(EventError, match="names dataset 'loans'; the feature repository holds"):
+        launcher.handle(ingested(ctx, dataset="loans"))
+
+
 def test_a_job_outside_the_allowed_regions_is_refused_before_ray_is_asked(
     tmp_path: Path,
 ) -> None:
@@ -194,6 +207,96 @@ def test_a_job_outside_the_allowed_regions_is_refused_before_ray_is_asked(
     [refusal] = [e for e in AuditLog(ctx.paths.audit).entries() if e["action"] == "policy.refused"]
     assert refusal["details"]["boundary"] == "job-launch"
     assert refusal["region"] == "eu-west-1"
+
+
+# -- the PingSource's off-peak schedule ----------------------------------------------
+
+
+class RayThatRuns:
+    """Stands in for the Ray Jobs API: takes every job and reports it running."""
+
+    def __init__(self) -> None:
+        self.submitted: list[JobSpec] = []
+
+    def submit(self, spec: JobSpec) -> str:
+        self.submitted.append(spec)
+        return spec.job_id
+
+    def status(self, job_id: str) -> str:
+        return "RUNNING"
+
+
+@pytest.fixture
+def jobs_api(monkeypatch: pytest.MonkeyPatch) -> RayThatRuns:
+    fake = RayThatRuns()
+    monkeypatch.setattr(launcher_module, "RayJobs", lambda address: fake)
+    return fake
+
+
+@pytest.fixture
+def scheduled_launcher(jobs_api: RayThatRuns, ctx: Context) -> Iterator[TrainingLauncherFunction]:
+    function = TrainingLauncherFunction()
+    function.start(ctx)
+    try:
+        yield function
+    finally:
+        function.stop()
+
+
+def pinged(ctx: Context, model: str = MODEL, night: int = 1) -> ParsedEvent:
+    """A tick exactly as the PingSource of manifests/base sends it."""
+    spec = PingSpec(
+        name="fraud-retraining",
+        namespace="falaj",
+        schedule=CronSchedule("0 2 * * *", "Asia/Dubai"),
+        content_type="application/json",
+        data=json.dumps({"model": model}).encode(),
+        extensions={"dataregion": "me-central-1"},
+    )
+    tick = datetime(2026, 3, night, 22, tzinfo=UTC)
+    return parse_event(ping_event(spec, tick, region="me-central-1"), ctx.policy)
+
+
+def test_a_scheduled_ping_asks_for_a_run_for_the_schedule_not_urgently(
+    ctx: Context, jobs_api: RayThatRuns, scheduled_launcher: TrainingLauncherFunction
+) -> None:
+    tick = pinged(ctx)
+    scheduled_launcher.handle(tick)
+
+    [run] = scheduled_launcher.jobs.runs(MODEL)
+    assert (run.reason, run.urgent, run.cause_event_id) == (
+        TrainingReason.SCHEDULE,
+        False,
+        tick.id,
+    )
+    [spec] = jobs_api.submitted
+    assert "--reason schedule" in spec.entrypoint
+    assert dict(spec.metadata)["urgent"] == "false"
+
+
+def test_a_ping_while_a_run_is_going_waits_and_urgent_drift_overtakes_it(
+    ctx: Context, jobs_api: RayThatRuns, scheduled_launcher: TrainingLauncherFunction
+) -> None:
+    scheduled_launcher.handle(pinged(ctx, night=1))
+    scheduled_launcher.handle(pinged(ctx, night=2))  # the first run still goes on
+    pending = scheduled_launcher.jobs.pending(MODEL)
+    assert pending is not None
+    assert (pending.reason, pending.urgent, pending.requests) == (TrainingReason.SCHEDULE, False, 1)
+
+    scheduled_launcher.handle(drifted(ctx))
+    merged = scheduled_launcher.jobs.pending(MODEL)
+    assert merged is not None
+    assert (merged.reason, merged.urgent, merged.requests) == (TrainingReason.DRIFT, True, 2)
+    assert len(jobs_api.submitted) == 1  # one run at a time
+    assert audit_actions(ctx).count("training.coalesced") == 2
+
+
+def test_a_ping_for_a_model_the_launcher_cannot_train_is_a_bad_event(
+    ctx: Context, scheduled_launcher: TrainingLauncherFunction
+) -> None:
+    with pytest.raises(EventError, match="trains fraud") as refused:
+        scheduled_launcher.handle(pinged(ctx, model="credit"))
+    assert refused.value.status == 400
 
 
 # -- the job's environment ---------------------------------------------------------
@@ -238,6 +341,48 @@ def test_the_job_gets_a_token_file_never_the_token(ctx: Context) -> None:
 
 def test_job_env_without_a_token_names_no_token_file(settings: Settings) -> None:
     assert "FALAJ_TOKEN_FILE" not in job_env(settings, token_file=None)
+
+
+def test_job_env_carries_no_secret_setting(settings: Settings) -> None:
+    secret = settings.model_copy(
+        update={"rabbitmq_url": SecretStr("amqp://falaj:s3cr3t@rabbit:5672/")}
+    )
+    env = job_env(secret, token_file=None)
+    assert "FALAJ_RABBITMQ_URL" not in env
+    assert "s3cr3t" not in json.dumps(env)
+
+
+def test_the_job_gets_the_feast_stores_through_a_file_never_their_urls(
+    jobs_api: RayThatRuns, ctx: Context
+) -> None:
+    redis = "redis://:r3dis@cache.falaj.svc:6379/2"
+    postgres = "postgresql://feast:pg5ecret@db.falaj.svc:5432/registry"
+    settings = ctx.settings.model_copy(
+        update={
+            "online_store": SecretStr(redis),
+            "feature_registry": SecretStr(postgres),
+            "rabbitmq_url": SecretStr("amqp://falaj:s3cr3t@rabbit:5672/"),
+        }
+    )
+    launcher = TrainingLauncherFunction()
+    launcher.start(Context.create(settings, actor="training-launcher"))
+    try:
+        launcher.handle(drifted(ctx))
+    finally:
+        launcher.stop()
+
+    [spec] = jobs_api.submitted
+    shown = json.dumps(dict(spec.runtime_env))
+    assert not [s for s in ("r3dis", "pg5ecret", "s3cr3t") if s in shown]
+    env = spec.runtime_env["env_vars"]
+    secrets_file = Path(env["FALAJ_SECRETS_FILE"])
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    # The job's settings, rebuilt from its environment, use the same stores;
+    # the AMQP URL it never needs is not handed over.
+    rebuilt = Settings.from_env({k: v for k, v in env.items() if k.startswith("FALAJ_")})
+    assert rebuilt.online_store == SecretStr(redis)
+    assert rebuilt.feature_registry == SecretStr(postgres)
+    assert rebuilt.rabbitmq_url is None
 
 
 # -- the job store -------------------------------------------------------------------
@@ -304,9 +449,10 @@ def test_events_train_versions_on_ray_one_job_at_a_time(
     settings = settings.model_copy(update={"token": SecretStr(token)})
     ctx = Context.create(settings, actor="training-launcher")
     schema = load_schema(settings)
-    store = FeatureStoreClient(ctx, schema)
+    fraud = load_repo(settings).model(MODEL)
+    store = FeatureStoreClient(ctx, schema, (fraud,))
     store.apply()
-    store.write_offline(schema.validate(generate_transactions(3000, seed=11)).good)
+    store.write_offline(validate_frame(schema, generate_transactions(3000, seed=11)).good)
 
     client = JobSubmissionClient(ray_head)
     launcher = TrainingLauncherFunction()
@@ -329,7 +475,9 @@ def test_events_train_versions_on_ray_one_job_at_a_time(
         v1 = registry.get(MODEL, 1)
         assert v1.metrics["auc"] > 0.8, v1.metrics
         assert set(v1.metrics) >= {"auc", "accuracy", "log_loss", "brier", "ece"}
-        assert v1.feature_names == schema.feature_names
+        assert v1.feature_names == fraud.features
+        assert (v1.lineage["dataset"], v1.lineage["family"]) == ("transactions", "mlp")
+        assert v1.lineage["feature_service"] == "fraud_model"
         assert v1.lineage["training_job_id"] == first.job_id
         assert v1.lineage["reason"] == "new-data"
         assert v1.lineage["parent_version"] is None

@@ -73,6 +73,13 @@ def _misspell(doc: dict[str, Any], path: tuple[str | int, ...], wrong: str) -> d
             "spec.rayClusterSpec.workerGroupSpecs[0]",
         ),
         ("ContainerSource", ("spec", "sink"), "snk", "spec"),
+        (
+            "RabbitmqSource",
+            ("spec", "rabbitmqResourcesConfig", "queueName"),
+            "queueNmae",
+            "spec.rabbitmqResourcesConfig",
+        ),
+        ("PingSource", ("spec", "timezone"), "timeZone", "spec"),
         ("ConfigMap", ("data",), "dat", "(root)"),
     ],
 )
@@ -165,11 +172,29 @@ def test_every_container_runs_as_non_root(local_docs: list[dict[str, Any]]) -> N
                 assert context.get("capabilities", {}).get("drop") == ["ALL"], where
 
 
+def _filtered_types(spec: dict[str, Any]) -> set[str]:
+    """The event types a Trigger names, in `filter.attributes` or in `filters` (any depth)."""
+
+    def walk(node: Any) -> set[str]:
+        if isinstance(node, list):
+            return set().union(*(walk(item) for item in node))
+        if isinstance(node, dict):
+            exact = node.get("exact", {}).get("type")
+            return ({exact} if exact else set()) | set().union(
+                *(walk(v) for k, v in node.items() if k != "exact")
+            )
+        return set()
+
+    named = spec.get("filter", {}).get("attributes", {}).get("type")
+    return ({named} if named else set()) | walk(spec.get("filters", []))
+
+
 def test_every_trigger_filters_on_a_catalog_event_type(local_docs: list[dict[str, Any]]) -> None:
     triggers = _by_kind(local_docs, "Trigger")
-    types = [trigger["spec"]["filter"]["attributes"]["type"] for trigger in triggers]
-    assert len(types) == 6
-    assert set(types) <= set(EventType)
+    types = [_filtered_types(trigger["spec"]) for trigger in triggers]
+    assert len(types) == 8
+    assert all(types), "a Trigger without a type filter would take every event"
+    assert set().union(*types) <= set(EventType)
 
 
 def test_functions_scale_to_zero_and_read_wiring_from_config(

@@ -17,7 +17,7 @@ from training.export import (
     onnx_predict,
     to_onnx,
 )
-from training.model import ModelSpec, ProbabilityModel, Standardisation, TabularMLP
+from training.model import NetworkSpec, ProbabilityModel, Standardisation, TabularMLP
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def raw_features() -> np.ndarray:
 @pytest.fixture
 def model(raw_features: np.ndarray) -> ProbabilityModel:
     torch.manual_seed(0)
-    spec = ModelSpec(features=3, hidden=(8,))
+    spec = NetworkSpec(features=3, hidden=(8,))
     return ProbabilityModel(TabularMLP(spec, Standardisation.fit(raw_features)))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from falaj.errors import ConfigError
-from training.model import ModelSpec, ProbabilityModel, Standardisation, TabularMLP
+from training.model import NetworkSpec, ProbabilityModel, Standardisation, TabularMLP
 
 
 def test_scaling_is_fitted_on_training_columns_and_a_constant_one_is_left_alone() -> None:
@@ -21,8 +21,8 @@ def test_scaling_is_fitted_on_training_columns_and_a_constant_one_is_left_alone(
 def test_the_scaling_travels_in_the_state_dict() -> None:
     features = np.random.default_rng(0).normal(50.0, 10.0, size=(100, 3)).astype(np.float32)
     torch.manual_seed(0)
-    trained = TabularMLP(ModelSpec(features=3, hidden=(4,)), Standardisation.fit(features))
-    rebuilt = TabularMLP(ModelSpec(features=3, hidden=(4,)))
+    trained = TabularMLP(NetworkSpec(features=3, hidden=(4,)), Standardisation.fit(features))
+    rebuilt = TabularMLP(NetworkSpec(features=3, hidden=(4,)))
     rebuilt.load_state_dict(trained.state_dict())
     assert torch.equal(rebuilt.mean, trained.mean)
     a = ProbabilityModel(trained).predict(features)
@@ -33,12 +33,22 @@ def test_the_scaling_travels_in_the_state_dict() -> None:
 
 def test_a_spec_names_every_problem() -> None:
     with pytest.raises(ConfigError) as refused:
-        ModelSpec(features=0, hidden=(8, 0))
+        NetworkSpec(features=0, hidden=(8, 0))
     assert "features" in str(refused.value) and "hidden" in str(refused.value)
-    assert ModelSpec.from_json(ModelSpec(features=6).to_json()) == ModelSpec(features=6)
+    assert NetworkSpec.from_json(NetworkSpec(features=6).to_json()) == NetworkSpec(features=6)
 
 
 def test_scaling_of_the_wrong_width_is_refused() -> None:
     scaling = Standardisation.fit(np.zeros((4, 2), dtype=np.float32))
-    with pytest.raises(ConfigError, match="2 features, the model spec 3"):
-        TabularMLP(ModelSpec(features=3), scaling)
+    with pytest.raises(ConfigError, match="2 features, the network spec 3"):
+        TabularMLP(NetworkSpec(features=3), scaling)
+
+
+def test_no_hidden_layer_is_a_logistic_regression() -> None:
+    features = np.random.default_rng(1).normal(size=(20, 3)).astype(np.float32)
+    model = TabularMLP(NetworkSpec(features=3, hidden=()), Standardisation.fit(features))
+    [layer] = list(model.net)
+    assert isinstance(layer, torch.nn.Linear) and (layer.in_features, layer.out_features) == (3, 1)
+    scaled = (torch.from_numpy(features) - model.mean) / model.scale
+    expected = scaled @ layer.weight.T + layer.bias
+    assert torch.allclose(model(torch.from_numpy(features)), expected)

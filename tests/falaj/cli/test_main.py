@@ -46,3 +46,20 @@ def test_down_without_a_platform_says_so(tmp_path: Path) -> None:
     result = runner.invoke(app, ["down", "--home", str(tmp_path / ".falaj")])
     assert result.exit_code == 1
     assert "no running platform" in result.output
+
+
+def test_features_check_names_every_problem_of_the_repository(tmp_path: Path) -> None:
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "datasets" / "loans.yaml").write_text(
+        "dataset: loans\nentity: id\ntimestamp: at\nlabel: y\ncolumns:\n"
+        "  - {name: id, dtype: string}\n  - {name: at, dtype: timestamp}\n"
+        "  - {name: y, dtype: int}\n  - {name: x, dtype: float}\n"
+    )
+    (tmp_path / "models" / "risk.yaml").write_text(
+        "model: risk\ndataset: loans\nentity: id\nlabel: y\nfeatures: [x, z]\nfamily: mlp\n"
+    )
+    result = runner.invoke(app, ["features", "check"], env={"FALAJ_FEATURE_REPO": str(tmp_path)})
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "model 'risk': feature 'z' is not a column of dataset 'loans'" in said

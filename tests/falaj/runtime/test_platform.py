@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from falaj.client import PlatformClient
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit, now_iso
 from falaj.manifests import load_topology
+from falaj.runtime.platform import LocalPlatform
 from falaj.runtime.processes import ManagedProcess, free_port, port_open
 from falaj.settings import PROJECT_ROOT, Settings
 from tests.support.models import WEIGHTS_V1, register
@@ -27,6 +29,28 @@ def test_every_function_service_runs_a_source_that_exists() -> None:
         sources = [a.split("=", 1)[1] for a in service.command if a.startswith("--source=")]
         assert sources, f"{service.name} names no --source"
         assert (PROJECT_ROOT / sources[0]).is_file(), f"{service.name}: {sources[0]} is missing"
+
+
+def test_the_rabbitmq_source_runs_only_with_its_server_and_alone_gets_its_url(
+    tmp_path: Path,
+) -> None:
+    topology = load_topology(Settings().manifests_dir)
+    embedded = LocalPlatform(Settings(home=tmp_path / "embedded"))
+    # `make demo` needs no RabbitMQ: without its URL the RabbitmqSource does not run.
+    assert [s.name for s in embedded.sources_to_run(topology)] == [
+        "storage-source",
+        "fraud-retraining",
+    ]
+
+    url = "amqp://falaj:s3cr3t@127.0.0.1:5672/%2F"
+    platform = LocalPlatform(Settings(home=tmp_path / "queued", rabbitmq_url=SecretStr(url)))
+    running = platform.sources_to_run(topology)
+    assert [s.name for s in running] == ["storage-source", "records", "fraud-retraining"]
+    # Every component's environment, and so every Ray job's, is free of the password;
+    # the consumer alone is given the URL.
+    assert "s3cr3t" not in json.dumps(platform._component_env())
+    assert platform._required_env(running[1]) == {"FALAJ_RABBITMQ_URL": url}
+    assert platform._required_env(running[2]) == {}
 
 
 def _served_version(home: Path) -> int:
