@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from falaj.audit import AuditLog
@@ -108,6 +110,33 @@ def test_offline_rows_are_partitioned_by_date(
     stored = client.labelled_rows()
     mine = stored[stored["card_id"] == "card-part"].sort_values("event_timestamp")
     assert mine["is_fraud"].tolist() == [0, 1]
+
+
+def test_each_partition_holds_exactly_its_dates_rows_in_arrival_order(
+    client: FeatureStoreClient, schema: FeatureSchema
+) -> None:
+    """Dates interleaved within one write, both sides of midnight, and before 1970."""
+    midnight = datetime(2025, 3, 2, tzinfo=UTC)
+    at = [
+        midnight,
+        midnight - timedelta(microseconds=1),
+        midnight + timedelta(hours=23, minutes=59, seconds=59),
+        datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
+        midnight - timedelta(hours=5),
+        datetime(1970, 1, 1, tzinfo=UTC),
+    ]
+    frame = rows(schema, "card-days", at, amounts=[float(i) for i in range(1, len(at) + 1)])
+    batch = client.offline_batch()
+    batch.write(pa.Table.from_pandas(frame, preserve_index=False))
+    moved = batch.commit()
+    found = {path.parent.name: pq.read_table(path).column("amount").to_pylist() for path in moved}
+    assert found == {
+        "date=2025-03-02": [1.0, 3.0],
+        "date=2025-03-01": [2.0, 5.0],
+        "date=1969-12-31": [4.0],
+        "date=1970-01-01": [6.0],
+    }
+    assert batch.rows == len(at)
 
 
 def test_a_home_out_of_region_gets_no_byte(tmp_path: Path, schema: FeatureSchema) -> None:
