@@ -24,6 +24,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -472,7 +473,13 @@ class OfflineBatch:
     one row group per ``write``) while a file is read. ``commit`` renames them
     into the dataset, so readers (Feast, training) never see half a file, nor
     any row of a file that turned out unreadable half-way; ``abort`` deletes
-    them. Memory holds a row group at a time, whatever the file's size.
+    them.
+
+    Encoding and compressing Parquet releases the GIL, so each write runs on a
+    thread of its own while the caller validates the next chunk. One write is
+    in flight at a time: memory holds two row groups at most, whatever the
+    file's size, and a failed write is raised by the next ``write`` or by
+    ``commit``.
     """
 
     def __init__(self, root: Path, timestamp: str, table_schema: pa.Schema) -> None:
@@ -481,13 +488,23 @@ class OfflineBatch:
         self.table_schema = table_schema
         self.part = uuid.uuid4().hex
         self._writers: dict[str, tuple[pq.ParquetWriter, Path]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         """Typed rows of the schema's columns; stamped with when they were ingested."""
         if not table.num_rows:
             return
-        now = pa.array(np.full(table.num_rows, _now_ns(), dtype=np.int64)).cast(UTC_NS)
+        ingested_at = _now_ns()
+        self._wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-write")
+        self._pending = self._pool.submit(self._write, table, ingested_at)
+        self.rows += table.num_rows
+
+    def _write(self, table: pa.Table, ingested_at: int) -> None:
+        now = pa.array(np.full(table.num_rows, ingested_at, dtype=np.int64)).cast(UTC_NS)
         stamped = (
             table.select(self.table_schema.names[:-1])
             .append_column(INGESTED_AT, now)
@@ -495,7 +512,12 @@ class OfflineBatch:
         )
         for date, rows in _by_date(stamped, self.timestamp):
             self._writer(date).write_table(rows)
-        self.rows += table.num_rows
+
+    def _wait(self) -> None:
+        """Let the write in flight finish; raise its error, if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _writer(self, date: str) -> pq.ParquetWriter:
         if date not in self._writers:
@@ -508,6 +530,11 @@ class OfflineBatch:
 
     def commit(self) -> list[Path]:
         """Close and move every staged file into the dataset; returns where they went."""
+        try:
+            self._wait()
+        except BaseException:
+            self.abort()
+            raise
         moved = []
         for writer, staged in self._writers.values():
             writer.close()
@@ -515,14 +542,24 @@ class OfflineBatch:
             os.replace(staged, final)
             moved.append(final)
         self._writers.clear()
+        self._stop()
         return moved
 
     def abort(self) -> None:
         """Close and delete every staged file: none of this batch reaches the dataset."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.exception()  # waits; the error is the reason for aborting, or moot
         for writer, staged in self._writers.values():
             writer.close()
             staged.unlink(missing_ok=True)
         self._writers.clear()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 def _by_date(table: pa.Table, timestamp: str) -> list[tuple[str, pa.Table]]:

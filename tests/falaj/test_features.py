@@ -139,6 +139,27 @@ def test_each_partition_holds_exactly_its_dates_rows_in_arrival_order(
     assert batch.rows == len(at)
 
 
+def test_a_write_that_fails_is_raised_and_leaves_no_file(
+    tmp_path: Path, schema: FeatureSchema
+) -> None:
+    """A write runs on the batch's thread: its error comes back at commit, nothing lands."""
+    store = client_in(tmp_path / ".falaj", schema)
+    good = pa.Table.from_pandas(
+        rows(schema, "card-fail", [T0], amounts=[1.0]), preserve_index=False
+    )
+    undated = good.set_column(
+        good.schema.get_field_index("event_timestamp"),
+        "event_timestamp",
+        pa.nulls(1, good.schema.field("event_timestamp").type),
+    )
+    batch = store.offline_batch()
+    batch.write(good)
+    batch.write(undated)
+    with pytest.raises(ValueError, match="without 'event_timestamp' cannot be dated"):
+        batch.commit()
+    assert [p for p in store.offline_root.rglob("*") if p.is_file()] == []
+
+
 def test_a_home_out_of_region_gets_no_byte(tmp_path: Path, schema: FeatureSchema) -> None:
     foreign = client_in(tmp_path / ".falaj", schema, region="eu-west-1")
     frame = rows(schema, "card-eu", [T0], amounts=[1.0])
