@@ -16,6 +16,7 @@ from falaj.context import Context
 from falaj.runtime.processes import ManagedProcess, free_port
 from falaj.runtime.ray_head import RayHeadConfig, start_ray_head
 from falaj.settings import Settings
+from tests.support.event_sink import EventSink
 
 
 @pytest.fixture
@@ -42,3 +43,13 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         head.stop()
+
+
+@pytest.fixture
+def event_sink() -> Iterator[EventSink]:
+    """A broker stand-in that records every event posted to it (training jobs publish there)."""
+    sink = EventSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()

@@ -60,9 +60,9 @@ from functions.rollout.function import RolloutFunction
 from functions.training_launcher import TrainingLauncherFunction, TrainingRun
 from inference.session import CPU
 from tests.inference.conftest import BrokerStandIn, wait_until
+from tests.support.event_sink import EventSink
 from tests.support.loans import generate_applications
 from tests.support.notifications import AWS_PUT, record
-from tests.training.event_sink import EventSink
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -158,16 +158,6 @@ def feature_repo(tmp_path: Path) -> Path:
     for path, body in files.items():
         (tmp_path / path).write_text(body)
     return repo
-
-
-@pytest.fixture
-def event_sink() -> Iterator[EventSink]:
-    """The broker the training job publishes to."""
-    sink = EventSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -362,7 +361,8 @@ def test_compressed_files_ingest_as_the_plain_file_does(
     assert_arrived(function, ctx, rows)
 
 
-def test_a_csv_of_ten_thousand_columns_is_ingested_in_bounded_time(
+@pytest.mark.timeout(120)  # a hang guard, not a measure: ~1 s on 2 cores
+def test_a_csv_of_ten_thousand_columns_is_ingested_keeping_every_column(
     ctx: Context, function: CapturingIngest
 ) -> None:
     rows = transactions(30)
@@ -374,9 +374,7 @@ def test_a_csv_of_ten_thousand_columns_is_ingested_in_bounded_time(
     lines = [header] + [",".join(row) + "," + filler for row in rows.itertuples(index=False)]
     land(ctx, "wide.csv", ("\n".join(lines) + "\n").encode())
 
-    started = time.perf_counter()
     function.handle(created(ctx, "wide.csv"))
-    took = time.perf_counter() - started
 
     event_type, data = outcome(function)
     assert event_type is EventType.DATA_INGESTED and isinstance(data, DataIngested)
@@ -388,8 +386,6 @@ def test_a_csv_of_ten_thousand_columns_is_ingested_in_bounded_time(
     ]
     assert len(entries[0]["row"]) == 10_000  # kept as it came, every column
     assert_arrived(function, ctx, rows.drop(index=[4, 17]))
-    # Measured at ~1 s on 2 cores; the bound leaves room for a loaded machine.
-    assert took < 20, f"expected a 10,000-column file ingested within 20 s, took {took:.1f} s"
 
 
 # -- files refused whole -------------------------------------------------------------

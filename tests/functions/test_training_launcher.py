@@ -51,7 +51,7 @@ from functions.training_launcher import TrainingJobs, TrainingLauncherFunction, 
 from functions.training_launcher import function as launcher_module
 from functions.training_launcher.errors import JobSubmissionFailed
 from functions.training_launcher.ray_jobs import JobSpec, job_env, job_spec
-from tests.training.event_sink import EventSink
+from tests.support.event_sink import EventSink
 from training.export import to_onnx
 from training.model import NetworkSpec, ProbabilityModel, TabularMLP
 
@@ -120,16 +120,6 @@ def launcher(ctx: Context) -> Iterator[TrainingLauncherFunction]:
         yield function
     finally:
         function.stop()
-
-
-@pytest.fixture
-def event_sink() -> Iterator[EventSink]:
-    """The broker stand-in the training job publishes to."""
-    sink = EventSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
 
 
 def register_version(ctx: Context) -> None:

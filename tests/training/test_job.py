@@ -12,7 +12,7 @@ from falaj.auth import Role, write_token_file
 from falaj.context import Context
 from falaj.events import EventType, TrainingReason
 from falaj.runtime.processes import ManagedProcess
-from tests.training.event_sink import EventSink
+from tests.support.event_sink import EventSink
 from training.job import EXIT_FAILED, parse_args
 
 
