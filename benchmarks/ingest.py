@@ -307,17 +307,29 @@ def redis_reads(ingested: Home, work: Path) -> tuple[list[float], list[float]] |
         database.close()
 
 
-def freshness_run(work: Path) -> list[float]:
-    """Landing to readable online, through the storage source, the broker and the function."""
+def freshness_run(work: Path, records: int) -> tuple[list[float], list[float]]:
+    """Landing to online, and a published record to online, in milliseconds.
+
+    Files through the storage source, the broker and the function; records as
+    a queue source sends them, one CloudEvent each in the RabbitMQ source's
+    type, accepted by the broker ingress and delivered by its Trigger. One
+    function and one broker serve both, as they do in ``falaj up``.
+    """
     home = Home.make(work)
     landing = home.ctx.paths.landing
     landing.mkdir(parents=True, exist_ok=True)
-    to_ingest = TriggerSpec(
-        name="storage-to-ingest",
-        broker="default",
-        filter_attributes={"type": str(EventType.OBJECT_CREATED)},
-        subscriber="ingest",
-    )
+    triggers = [
+        TriggerSpec(
+            name=f"{name}-to-ingest",
+            broker="default",
+            filter_attributes={"type": str(event_type)},
+            subscriber="ingest",
+        )
+        for name, event_type in (
+            ("storage", EventType.OBJECT_CREATED),
+            ("records", EventType.RABBITMQ_MESSAGE),
+        )
+    ]
     source = ManagedProcess(
         name="storage-source",
         argv=[sys.executable, "-m", "eventing.storage_source", f"--watch={landing}"],
@@ -326,17 +338,17 @@ def freshness_run(work: Path) -> list[float]:
         cwd=PROJECT_ROOT,
     )
     client = FeatureStoreClient(home.ctx, load_schema(home.settings))
-    times = []
     with _function(home, "ingest-fresh") as (_, url):
         dump_endpoints({"ingest": url}, work / "endpoints.json")
-        with _broker(home, [to_ingest]):
+        with _broker(home, triggers):
             try:
                 source.start()
-                for index in range(FRESHNESS_FILES):
-                    times.append(_fresh_file(home, client, index))
+                files = [_fresh_file(home, client, index) for index in range(FRESHNESS_FILES)]
             finally:
                 source.stop()
-    return times
+            with EventPublisher(home.settings.broker_ingress, home.token) as publisher:
+                streamed = _fresh_records(publisher, client, records)
+    return files, streamed
 
 
 def _fresh_file(home: Home, client: FeatureStoreClient, index: int) -> float:
@@ -357,45 +369,29 @@ def _fresh_file(home: Home, client: FeatureStoreClient, index: int) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def record_freshness_run(work: Path, records: int) -> list[float]:
-    """Milliseconds from publishing one record to the broker to that record online.
-
-    As a queue source sends them: one CloudEvent per record, in the RabbitMQ
-    source's type, accepted by the broker ingress and delivered by its Trigger.
-    """
-    home = Home.make(work)
-    to_ingest = TriggerSpec(
-        name="records-to-ingest",
-        broker="default",
-        filter_attributes={"type": str(EventType.RABBITMQ_MESSAGE)},
-        subscriber="ingest",
-    )
-    client = FeatureStoreClient(home.ctx, load_schema(home.settings))
+def _fresh_records(
+    publisher: EventPublisher, client: FeatureStoreClient, records: int
+) -> list[float]:
+    """Milliseconds from publishing each record to the broker to that record online."""
     rows = generate_transactions(
         records, seed=7, cards=records, start=DEFAULT_START + timedelta(days=700)
     )
     times = []
-    with _function(home, "ingest-records") as (_, url):
-        dump_endpoints({"ingest": url}, work / "endpoints.json")
-        with (
-            _broker(home, [to_ingest]),
-            EventPublisher(home.settings.broker_ingress, home.token) as publisher,
-        ):
-            for row in rows.to_dict("records"):
-                row["event_timestamp"] = row["event_timestamp"].isoformat()
-                event = make_event(
-                    EventType.RABBITMQ_MESSAGE,
-                    StreamRecord.model_validate(row),
-                    region="me-central-1",
-                    source=RECORDS_SOURCE,
-                )
-                started = time.perf_counter()
-                publisher.publish(event)
-                while client.online_features([row["card_id"]])["amount"] != [row["amount"]]:
-                    if time.perf_counter() - started > 60:
-                        raise RuntimeError(f"record of {row['card_id']} not online after 60 s")
-                    time.sleep(0.002)  # polling the online store: the thing being timed
-                times.append((time.perf_counter() - started) * 1000)
+    for row in rows.to_dict("records"):
+        row["event_timestamp"] = row["event_timestamp"].isoformat()
+        event = make_event(
+            EventType.RABBITMQ_MESSAGE,
+            StreamRecord.model_validate(row),
+            region="me-central-1",
+            source=RECORDS_SOURCE,
+        )
+        started = time.perf_counter()
+        publisher.publish(event)
+        while client.online_features([row["card_id"]])["amount"] != [row["amount"]]:
+            if time.perf_counter() - started > 60:
+                raise RuntimeError(f"record of {row['card_id']} not online after 60 s")
+            time.sleep(0.002)  # polling the online store: the thing being timed
+        times.append((time.perf_counter() - started) * 1000)
     return times
 
 
@@ -430,8 +426,7 @@ def run(quick: bool = False) -> list[Row]:
         if sizes.many_cards:
             many, _, crowded = ingest_run(root / "many", sizes.rows, seed=3, cards=MANY_CARDS)
             shutil.rmtree(crowded.work)
-        fresh = freshness_run(root / "fresh")
-        streamed = record_freshness_run(root / "records", sizes.records)
+        fresh, streamed = freshness_run(root / "fresh", sizes.records)
     label = _size(sizes.rows)
     rows_per_s = sizes.rows / seconds
     extra = (
