@@ -56,6 +56,7 @@ from functions.ingest.ledger import IngestLedger, Recorded
 from functions.ingest.newest import NewestRows
 from functions.ingest.pii import pii_key, pseudonymize, pseudonymize_rejections
 from functions.ingest.quality import QualityReport
+from functions.ingest.read_ahead import ReadAhead
 from functions.ingest.reader import CHUNK_ROWS, FileKind, kind_of, read_chunks
 from functions.ingest.stream import ROLL_ROWS, ROLL_S, RecordJournal
 
@@ -295,22 +296,23 @@ class IngestFunction(CloudEventFunction):
         seen = SeenKeys()
         sink: IO[str] | None = None
         try:
-            for chunk in read_chunks(path, kind, chunk_rows=self.chunk_rows):
-                validated = validate_table(
-                    schema, chunk, first_row_number=quality.rows_total + 1, seen=seen
-                )
-                quality.add(validated)
-                if validated.rejected:
-                    if sink is None:
-                        self.ctx.policy.check_location(str(quarantine))
-                        quarantine.parent.mkdir(parents=True, exist_ok=True)
-                        # "w": a retried ingest of this version rewrites its file.
-                        sink = open(quarantine, "w", encoding="utf-8")  # noqa: SIM115
-                    _write_rejections(sink, self._hidden(validated.rejected, schema))
-                # PII never leaves this function in the clear (DESIGN.md).
-                good = self._pseudonymized(validated.good, schema)
-                offline.write(good)
-                newest.add(good)
+            with ReadAhead(read_chunks(path, kind, chunk_rows=self.chunk_rows)) as chunks:
+                for chunk in chunks:
+                    validated = validate_table(
+                        schema, chunk, first_row_number=quality.rows_total + 1, seen=seen
+                    )
+                    quality.add(validated)
+                    if validated.rejected:
+                        if sink is None:
+                            self.ctx.policy.check_location(str(quarantine))
+                            quarantine.parent.mkdir(parents=True, exist_ok=True)
+                            # "w": a retried ingest of this version rewrites its file.
+                            sink = open(quarantine, "w", encoding="utf-8")  # noqa: SIM115
+                        _write_rejections(sink, self._hidden(validated.rejected, schema))
+                    # PII never leaves this function in the clear (DESIGN.md).
+                    good = self._pseudonymized(validated.good, schema)
+                    offline.write(good)
+                    newest.add(good)
         except BaseException:
             offline.abort()
             if sink is not None:
