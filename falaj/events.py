@@ -32,6 +32,7 @@ from pydantic import (
 
 from falaj.errors import EventError
 from falaj.objects import decode_key
+from falaj.problems import validation_problems
 from falaj.residency import Boundary, ResidencyPolicy
 
 SPECVERSION = "1.0"
@@ -507,10 +508,7 @@ def parse_event(event: CloudEvent, policy: ResidencyPolicy) -> ParsedEvent:
     try:
         model = CATALOG[event_type].data_model.model_validate(data)
     except ValidationError as exc:
-        problems.extend(
-            f"data.{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems.extend(validation_problems(exc, prefix="data."))
     if problems or model is None:
         raise EventError(f"invalid {event_type} event: " + "; ".join(problems), problems=problems)
     policy.check_region(

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from falaj.cron import DEFAULT_SCHEDULE, schedule_problems
 from falaj.errors import ManifestError
 from falaj.events import CATALOG, REGION_EXTENSION, EventType
+from falaj.problems import validation_problems
 from falaj.topology import (
     BackoffPolicy,
     BrokerSpec,
@@ -840,9 +841,7 @@ def _check_ping_data(
     try:
         model.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(validation_problems(exc))
         raise resource.error(
             f"{field} does not fit the catalog's {model.__name__} ({problems}); expected {example}"
         ) from None

@@ -19,10 +19,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from falaj.errors import ConfigError
+from falaj.problems import read_yaml, validation_problems
 from falaj.schema import NUMERIC, FeatureSchema
 
 #: The folder of the feature repository holding one ``<model>.yaml`` per model.
@@ -97,19 +97,11 @@ class ModelSpec:
 
     @classmethod
     def load(cls, path: Path) -> ModelSpec:
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read the model spec {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raw = read_yaml(path, "model spec")
         try:
             parsed = _ModelFile.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = "; ".join(validation_problems(exc))
             raise ConfigError(f"{path} does not fit the model spec format: {problems}") from None
         if parsed.model != path.stem:
             raise ConfigError(

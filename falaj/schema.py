@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from falaj.errors import ConfigError, SchemaError
+from falaj.problems import read_yaml, validation_problems
 from falaj.settings import Settings
 
 #: The folder of the feature repository holding one ``<dataset>.yaml`` per dataset.
@@ -118,22 +118,15 @@ class FeatureSchema:
 
     @classmethod
     def load(cls, path: Path) -> FeatureSchema:
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the feature schema {path}: {exc.strerror}; "
-                f"FALAJ_FEATURE_REPO must name a folder holding {DATASETS_DIR}/<dataset>.yaml"
-            ) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raw = read_yaml(
+            path,
+            "feature schema",
+            hint=f"FALAJ_FEATURE_REPO must name a folder holding {DATASETS_DIR}/<dataset>.yaml",
+        )
         try:
             parsed = _SchemaFile.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = "; ".join(validation_problems(exc))
             raise ConfigError(f"{path} does not fit the schema format: {problems}") from None
         return cls(
             dataset=parsed.dataset,
