@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +62,7 @@ from tests.inference.conftest import BrokerStandIn, wait_until
 from tests.support.event_sink import EventSink
 from tests.support.loans import generate_applications
 from tests.support.notifications import AWS_PUT, record
+from tests.support.ray_jobs import wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -126,22 +126,6 @@ def landed(ctx: Context, key: str) -> ParsedEvent:
     """S3's notification record of ``key`` in the landing bucket, as ingest receives it."""
     created = record(AWS_PUT, bucket=LANDING_BUCKET, raw_key=encode_key(key), version_id="v1")
     return event(ctx, EventType.OBJECT_CREATED, ObjectCreated.model_validate(created))
-
-
-def wait_for_job(client: JobSubmissionClient, job_id: str, timeout_s: float = 300.0) -> JobStatus:
-    """The job's final status; its log goes to stderr when it did not succeed."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = client.get_job_status(job_id)
-        if status.is_terminal():
-            if status != JobStatus.SUCCEEDED:
-                print(client.get_job_logs(job_id)[-6000:], file=sys.stderr)
-            return status
-        time.sleep(0.5)  # polling the Jobs API, as the dashboard does
-    client.stop_job(job_id)
-    raise AssertionError(
-        f"job {job_id} did not end in {timeout_s} s:\n{client.get_job_logs(job_id)}"
-    )
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import sqlite3
 import stat
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +51,7 @@ from functions.training_launcher import function as launcher_module
 from functions.training_launcher.errors import JobSubmissionFailed
 from functions.training_launcher.ray_jobs import JobSpec, job_env, job_spec
 from tests.support.event_sink import EventSink
+from tests.support.ray_jobs import wait_for_job
 from training.export import to_onnx
 from training.model import NetworkSpec, ProbabilityModel, TabularMLP
 
@@ -411,22 +411,6 @@ def test_one_active_run_per_model_and_requests_merge_while_it_runs(tmp_path: Pat
 
 
 # -- the real thing on Ray -------------------------------------------------------------
-
-
-def wait_for_job(client: JobSubmissionClient, job_id: str, timeout_s: float = 300.0) -> JobStatus:
-    """The job's final status; its log goes to stderr when it did not succeed."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = client.get_job_status(job_id)
-        if status.is_terminal():
-            if status != JobStatus.SUCCEEDED:
-                print(client.get_job_logs(job_id)[-6000:], file=sys.stderr)
-            return status
-        time.sleep(0.5)  # polling the Jobs API, as the dashboard does
-    client.stop_job(job_id)
-    raise AssertionError(
-        f"job {job_id} did not end in {timeout_s} s:\n{client.get_job_logs(job_id)}"
-    )
 
 
 @pytest.mark.ray
