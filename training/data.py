@@ -17,11 +17,15 @@ import numpy.typing as npt
 import pandas as pd
 
 from falaj.errors import ConfigError, SchemaError
-from training.errors import NotEnoughData
+from training.errors import IncompleteFeatures, NotEnoughData
 
 HELD_OUT_FRACTION = 0.2
 #: Fewer rows than this in either part cannot train or score a model.
 MIN_ROWS = 20
+#: Rows lacking a feature value (null, NaN, infinite) are left out and counted, up
+#: to this share of the set; past it the data is broken, not sparse, and the job
+#: fails rather than learn from what is left.
+MAX_INCOMPLETE_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,10 @@ def split_by_time(
         )
     table = frame[wanted].copy()
     table[timestamp] = pd.to_datetime(table[timestamp], utc=True)
+    table[list(feature_names)] = _finite(table[list(feature_names)])
     complete = table.dropna()
     incomplete = len(table) - len(complete)
+    _check_incomplete(table[list(feature_names)], incomplete)
     # A stable sort keeps the order deterministic among rows of one instant.
     ordered = complete.sort_values(timestamp, kind="mergesort").reset_index(drop=True)
     if len(ordered) < 2 * MIN_ROWS:
@@ -112,4 +118,24 @@ def split_by_time(
         cutoff=pd.Timestamp(cutoff).isoformat(),
         rows_used=len(ordered),
         rows_dropped=dropped + incomplete,
+    )
+
+
+def _finite(features: pd.DataFrame) -> pd.DataFrame:
+    """Features as numbers, with infinities as missing: no model learns from them."""
+    numeric = features.apply(pd.to_numeric, errors="coerce").astype("float64")
+    return numeric.where(np.isfinite(numeric))
+
+
+def _check_incomplete(features: pd.DataFrame, incomplete: int) -> None:
+    """Refuse a set where more than MAX_INCOMPLETE_SHARE of rows lack a feature value."""
+    if not len(features) or incomplete <= MAX_INCOMPLETE_SHARE * len(features):
+        return
+    by_feature = features.isna().sum()
+    worst = ", ".join(f"{name} {count}" for name, count in by_feature[by_feature > 0].items())
+    raise IncompleteFeatures(
+        f"{incomplete} of {len(features)} rows ({incomplete / len(features):.0%}) lack a value "
+        f"(null, NaN or infinite) of a feature ({worst}); expected at most "
+        f"{MAX_INCOMPLETE_SHARE:.0%}: look at the data the features come from (ingest's "
+        "quality reports give each column's null rate)"
     )

@@ -3,6 +3,7 @@
 FalajError                  (falaj.errors)
 └── TrainingError           a training run could not produce a model version
     ├── NotEnoughData       the training set is too small or has one class only
+    ├── IncompleteFeatures  too many rows lack a feature value (null, NaN, infinite)
     └── ExportMismatch      the exported ONNX does not compute what the torch model does
 """
 
@@ -17,6 +18,10 @@ class TrainingError(FalajError):
 
 class NotEnoughData(TrainingError):
     """Raised when the training set is too small to split, or a split holds one class only."""
+
+
+class IncompleteFeatures(TrainingError):
+    """Raised when more rows than the limit lack a feature value (null, NaN or infinite)."""
 
 
 class ExportMismatch(TrainingError):

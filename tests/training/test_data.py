@@ -8,7 +8,7 @@ import pytest
 
 from falaj.errors import SchemaError
 from training.data import TrainingData, split_by_time
-from training.errors import NotEnoughData
+from training.errors import IncompleteFeatures, NotEnoughData
 
 FEATURES = ("amount", "hour")
 
@@ -64,6 +64,25 @@ def test_incomplete_rows_are_left_out_and_counted() -> None:
     assert result.rows_used == 98
     assert result.rows_dropped == 3
     assert np.isfinite(result.train.features).all()
+
+
+def test_infinite_values_are_incomplete_rows_too() -> None:
+    data = frame(100)
+    data.loc[7, "hour"] = np.inf
+    data.loc[8, "amount"] = -np.inf
+    result = split(data)
+    assert (result.rows_used, result.rows_dropped) == (98, 2)
+
+
+def test_more_incomplete_rows_than_the_limit_fail_naming_the_features() -> None:
+    data = frame(100)
+    data.loc[:9, "amount"] = np.nan  # 10% of the rows
+    data.loc[20, "hour"] = np.inf
+    with pytest.raises(IncompleteFeatures) as refused:
+        split(data)
+    message = str(refused.value)
+    assert "11 of 100 rows (11%)" in message
+    assert "amount 10, hour 1" in message and "at most 5%" in message
 
 
 def test_too_few_rows_or_one_class_is_refused() -> None:

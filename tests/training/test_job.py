@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from falaj.audit import AuditLog
 from falaj.auth import Role, write_token_file
 from falaj.context import Context
+from falaj.demo.data import generate_transactions
 from falaj.events import EventType, TrainingReason
+from falaj.feature_repo import load_repo
+from falaj.features import FeatureStoreClient
 from falaj.runtime.processes import ManagedProcess
+from falaj.schema import load_schema
+from falaj.validation import validate_frame
 from tests.support.event_sink import EventSink
 from training.job import EXIT_FAILED, parse_args
 
@@ -32,9 +40,50 @@ def test_an_unknown_reason_is_refused(capsys: pytest.CaptureFixture[str]) -> Non
     assert "new-data" in capsys.readouterr().err
 
 
-def test_a_job_without_data_fails_announces_it_and_audits_it(
-    ctx: Context, tmp_path: Path, event_sink: EventSink
+def stored(ctx: Context, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    """Typed transactions in the offline store, after ``change``: what ingest would leave."""
+    schema = load_schema(ctx.settings)
+    raw = generate_transactions(400, seed=5, cards=40).astype(str)
+    client = FeatureStoreClient(ctx, schema, load_repo(ctx.settings).models_of(schema.dataset))
+    client.apply()
+    client.write_offline(change(validate_frame(schema, raw).good))
+
+
+def no_data(ctx: Context) -> None:
+    """Nothing ingested at all."""
+
+
+def one_class(ctx: Context) -> None:
+    stored(ctx, lambda rows: rows.assign(is_fraud=0))
+
+
+def nan_features(ctx: Context) -> None:
+    def half_without_amount(rows: pd.DataFrame) -> pd.DataFrame:
+        rows = rows.copy()
+        rows.loc[rows.index[::2], "amount"] = np.nan
+        return rows
+
+    stored(ctx, half_without_amount)
+
+
+@pytest.mark.parametrize(
+    ("seed", "error", "reason"),
+    [
+        (no_data, "NotEnoughData", "ingest more data"),
+        (one_class, "NotEnoughData", "of both classes"),
+        (nan_features, "IncompleteFeatures", "(null, NaN or infinite) of a feature (amount"),
+    ],
+    ids=["no data", "one class", "NaN features"],
+)
+def test_a_job_that_cannot_train_fails_announces_it_audits_it_and_registers_nothing(
+    ctx: Context,
+    tmp_path: Path,
+    event_sink: EventSink,
+    seed: Callable[[Context], None],
+    error: str,
+    reason: str,
 ) -> None:
+    seed(ctx)
     token = ctx.tokens.issue("training", Role.SERVICE)
     token_file = ctx.paths.keys / "training.token"
     write_token_file(token_file, token)
@@ -71,7 +120,7 @@ def test_a_job_without_data_fails_announces_it_and_audits_it(
     assert [e.type for e in events] == [EventType.TRAINING_STARTED, EventType.TRAINING_FAILED]
     failed = events[-1].data
     assert failed["model"] == "fraud"
-    assert "NotEnoughData" in failed["reason"] and "ingest more data" in failed["reason"]
+    assert error in failed["reason"] and reason in failed["reason"], failed["reason"]
     # The job presented the token from its file, and never printed it.
     assert {e.authorization for e in events} == {f"Bearer {token}"}
     assert token not in (tmp_path / "job.log").read_text()
@@ -81,5 +130,5 @@ def test_a_job_without_data_fails_announces_it_and_audits_it(
     [entry] = [e for e in audit.entries() if e["action"] == "training.failed"]
     assert entry["outcome"] == "failed"
     assert entry["details"]["job_id"] == job_id
-    assert "NotEnoughData" in entry["details"]["error"]
+    assert error in entry["details"]["error"]
     assert not (ctx.paths.registry / "fraud").exists()
