@@ -34,7 +34,7 @@ from falaj.events import (
     make_event,
 )
 from falaj.feature_repo import load_repo
-from falaj.features import FeatureStoreClient, feature_service_name
+from falaj.features import FeatureStoreClient, feature_service_name, feature_view_name
 from falaj.logs import configure_logging, get_logger
 from falaj.profile import ReferenceProfile
 from falaj.publisher import EventPublisher
@@ -44,6 +44,7 @@ from falaj.settings import Settings
 from training.data import split_by_time
 from training.evaluate import evaluate
 from training.export import export_checked
+from training.lineage import code_commit, definition_digest, training_set_digest
 from training.train import TrainConfig, train
 
 ACTOR = "training"
@@ -181,6 +182,20 @@ class TrainingJob:
             "feature_service": feature_service_name(spec.name),
             "family": str(spec.family),
             "offline_location": store.offline_root.as_uri(),
+            # Where the data came from, exactly: the rows Feast returned, the
+            # definition they were read through, and the code that trained.
+            "training_set_sha256": training_set_digest(
+                training_set.frame,
+                [schema.entity, schema.timestamp, spec.label, *spec.features],
+                order=[schema.entity, schema.timestamp],
+            ),
+            "feature_view": {
+                "name": feature_view_name(schema.dataset),
+                "sha256": definition_digest(
+                    store.store.get_feature_view(feature_view_name(schema.dataset))
+                ),
+            },
+            "code": code_commit(),
             "rows_used": data.rows_used,
             "rows_dropped": data.rows_dropped,
             "rows_dropped_by_reason": dict(training_set.dropped.by_reason),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +63,37 @@ def start_ray_head(config: RayHeadConfig, env: dict[str, str] | None = None) -> 
         grace_s=2.0,
         cleanup=(Path(temp_dir),),
     ).start()
-    process.wait_ready(
-        ReadyCheck(config.host, config.dashboard_port, "/api/version"), timeout_s=120.0
-    )
+    try:
+        process.wait_ready(
+            ReadyCheck(config.host, config.dashboard_port, "/api/version"), timeout_s=120.0
+        )
+        _wait_for_job_agent(f"http://{config.host}:{config.dashboard_port}", timeout_s=120.0)
+    except BaseException:
+        process.stop()
+        raise
     return process
+
+
+def _wait_for_job_agent(address: str, timeout_s: float) -> None:
+    """Until the head takes a job: one that does nothing is submitted.
+
+    The dashboard answers before the head's job agent has registered, and a
+    job submitted then is refused ("No available agent to submit job") once
+    the dashboard's own 10 s wait runs out, as it does on a loaded 2-core
+    machine. Accepted means the agent is there; the job ends by itself.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    client = JobSubmissionClient(address)
+    while True:
+        try:
+            client.submit_job(entrypoint="true", metadata={"falaj": "ready-check"})
+            return
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)  # the agent registers within seconds; ask again
 
 
 def _short_temp_dir(port: int) -> str:

@@ -63,6 +63,7 @@ from tests.support.event_sink import EventSink
 from tests.support.loans import generate_applications
 from tests.support.notifications import AWS_PUT, record
 from tests.support.ray_jobs import wait_for_job
+from training.lineage import code_commit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -292,6 +293,12 @@ def test_loan_applications_go_through_the_whole_loop(
     assert lineage["train_config"]["hidden"] == []
     assert lineage["train_config"]["learning_rate"] == 0.05
     assert lineage["rows_used"] == ROWS - BAD_ROWS
+    # Where its data came from: the rows, the definition they were read through, the code.
+    assert re.fullmatch(r"[0-9a-f]{64}", lineage["training_set_sha256"])
+    assert lineage["feature_view"]["name"] == "loans_features"
+    assert re.fullmatch(r"[0-9a-f]{64}", lineage["feature_view"]["sha256"])
+    assert lineage["offline_location"].startswith("file://")
+    assert lineage["code"]["commit"] == code_commit()["commit"] != "unknown"
     announced = event_sink.wait_for(EventType.MODEL_REGISTERED, job_id=run.job_id)
     [registered] = [r.data for r in announced if r.type == EventType.MODEL_REGISTERED]
 
