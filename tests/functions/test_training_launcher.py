@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from pydantic import SecretStr
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -414,6 +415,13 @@ def test_one_active_run_per_model_and_requests_merge_while_it_runs(tmp_path: Pat
 
 
 @pytest.mark.ray
+def onnx_outputs(onnx_bytes: bytes, features: np.ndarray) -> np.ndarray:
+    """The model's outputs for ``features`` through onnxruntime, as serving computes them."""
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (name,) = [i.name for i in session.get_inputs()]
+    return np.asarray(session.run(None, {name: features.astype(np.float32)})[0])
+
+
 def test_events_train_versions_on_ray_one_job_at_a_time(
     ray_head: str, tmp_path: Path, event_sink: EventSink
 ) -> None:
@@ -486,6 +494,14 @@ def test_events_train_versions_on_ray_one_job_at_a_time(
         v2 = registry.get(MODEL, 2)
         assert v2.lineage["training_job_id"] == second.job_id
         assert v2.lineage["parent_version"] == 1
+        # The same snapshot and seed train the same model: the same outputs, to float noise.
+        assert v2.lineage["training_set_sha256"] == v1.lineage["training_set_sha256"]
+        assert v2.lineage["train_config"]["seed"] == v1.lineage["train_config"]["seed"]
+        probe = np.random.default_rng(5).normal(0, 50, (256, len(fraud.features)))
+        first_out, second_out = (
+            onnx_outputs(registry.load_verified(MODEL, v).onnx_bytes, probe) for v in (1, 2)
+        )
+        np.testing.assert_allclose(second_out, first_out, rtol=0, atol=1e-6)
         event_sink.wait_for(EventType.MODEL_REGISTERED, job_id=second.job_id)
     finally:
         launcher.stop()
