@@ -23,6 +23,8 @@ from falaj.settings import Settings
 
 if TYPE_CHECKING:
     from falaj.client import PlatformClient
+    from falaj.deployments import TrafficSplit
+    from falaj.registry import ModelRegistry, ModelVersion
 
 app = typer.Typer(
     name="falaj",
@@ -37,7 +39,12 @@ features_app = typer.Typer(
 )
 app.add_typer(audit_app, name="audit")
 app.add_typer(events_app, name="events")
+models_app = typer.Typer(
+    help="The model registry: versions, what serves them, and their lineage.",
+    no_args_is_help=True,
+)
 app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -400,3 +407,130 @@ def events_replay(
 
 if __name__ == "__main__":
     app()
+
+
+# -- the model registry ------------------------------------------------------------
+
+ModelArgument = Annotated[str, typer.Argument(help="the model's name, e.g. fraud")]
+VersionOption = Annotated[
+    int | None, typer.Option("--version", "-v", help="a version number (default: the latest)")
+]
+
+
+def _serving(home: Path | None) -> tuple[ModelRegistry, dict[str, TrafficSplit]]:
+    from falaj.context import Context
+    from falaj.deployments import DeploymentStore
+    from falaj.registry import ModelRegistry
+
+    ctx = Context.create(_settings(home), actor="cli")
+    with DeploymentStore(ctx) as deployments:
+        splits = {split.model: split for split in deployments.all()}
+    return ModelRegistry(ctx), splits
+
+
+def _role(split: TrafficSplit | None, version: int) -> str:
+    """What a version is to traffic: production (the stable one), canary, or nothing."""
+    if split is None:
+        return ""
+    if version == split.stable_version:
+        return f"production ({100 - split.canary_percent}%)"
+    if version == split.canary_version:
+        return f"canary ({split.canary_percent}%)"
+    return ""
+
+
+def _version(registry: ModelRegistry, model: str, version: int | None) -> ModelVersion:
+    if version is not None:
+        return registry.get(model, version)
+    latest = registry.latest(model)
+    if latest is None:
+        raise FalajError(
+            f"model {model!r} has no version; registered models: {registry.models() or 'none'}"
+        )
+    return latest
+
+
+@models_app.command("list")
+def models_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Every version of every model, with its metrics and what it serves."""
+    from rich.table import Table
+
+    try:
+        registry, splits = _serving(home)
+        versions = [v for model in registry.models() for v in registry.versions(model)]
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
+    rows = [
+        {
+            "model": v.model,
+            "version": v.version,
+            "created": v.created,
+            "serving": _role(splits.get(v.model), v.version),
+            "metrics": dict(v.metrics),
+            "digest": v.digest,
+        }
+        for v in versions
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("model", "version", "created", "serving", "auc", "log-loss", "digest")
+    for v in versions:
+        auc, log_loss = v.metrics.get("auc"), v.metrics.get("log_loss")
+        table.add_row(
+            v.model,
+            str(v.version),
+            v.created[:19],
+            _role(splits.get(v.model), v.version),
+            "" if auc is None else f"{auc:.3f}",
+            "" if log_loss is None else f"{log_loss:.3f}",
+            v.digest[:12],
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    model: ModelArgument,
+    version: VersionOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One version: digest, region, metrics, inputs and what it serves."""
+    try:
+        registry, splits = _serving(home)
+        found = _version(registry, model, version)
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
+    shown = {
+        **{k: v for k, v in found.to_json().items() if k != "lineage"},
+        "serving": _role(splits.get(model), found.version),
+        "location": found.location,
+    }
+    if as_json:
+        console.print_json(json.dumps(shown))
+        return
+    for key, value in shown.items():
+        console.print(f"[bold]{key}[/bold]: {value}")
+
+
+@models_app.command("lineage")
+def models_lineage(
+    model: ModelArgument,
+    version: VersionOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Where a version came from: its data, features, code, job and parameters."""
+    try:
+        registry, _ = _serving(home)
+        found = _version(registry, model, version)
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
+    lineage = dict(found.lineage)
+    if as_json:
+        console.print_json(json.dumps({"model": model, "version": found.version, **lineage}))
+        return
+    console.print(f"[bold]{model}[/bold] version {found.version} (sha256 {found.digest[:16]})")
+    for key, value in lineage.items():
+        console.print(f"  [bold]{key}[/bold]: {json.dumps(value, default=str)}")

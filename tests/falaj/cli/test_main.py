@@ -63,3 +63,69 @@ def test_features_check_names_every_problem_of_the_repository(tmp_path: Path) ->
     assert result.exit_code == 1
     said = " ".join(result.output.split())  # the console wraps long lines
     assert "model 'risk': feature 'z' is not a column of dataset 'loans'" in said
+
+
+# -- falaj models ------------------------------------------------------------------
+
+
+def _home_with_models(tmp_path: Path) -> Path:
+    """Two fraud versions: 1 in production, 2 a 10% canary."""
+    from falaj.context import Context
+    from falaj.deployments import DeploymentStore, TrafficSplit
+    from falaj.settings import Settings
+    from tests.support.models import register
+
+    home = tmp_path / ".falaj"
+    ctx = Context.create(Settings(home=home), actor="test")
+    register(ctx, [0.01, 0.5, 0.01, 0.01, 0.5, 0.8])
+    register(ctx, [0.02, 0.4, 0.01, 0.02, 0.6, 0.7])
+    with DeploymentStore(ctx) as deployments:
+        deployments.set(
+            TrafficSplit(model="fraud", stable_version=1, canary_version=2, canary_percent=10)
+        )
+    return home
+
+
+def test_models_list_shows_every_version_and_what_it_serves(tmp_path: Path) -> None:
+    home = _home_with_models(tmp_path)
+    result = runner.invoke(app, ["models", "list", "--home", str(home), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [(r["model"], r["version"], r["serving"]) for r in rows] == [
+        ("fraud", 1, "production (90%)"),
+        ("fraud", 2, "canary (10%)"),
+    ]
+    assert all(len(r["digest"]) == 64 and r["metrics"] == {"auc": 0.9} for r in rows)
+    table = runner.invoke(app, ["models", "list", "--home", str(home)])
+    assert table.exit_code == 0
+    assert "production" in table.output and "canary" in table.output  # wrapped at 80 columns
+
+
+def test_models_show_and_lineage_answer_for_a_version_or_the_latest(tmp_path: Path) -> None:
+    home = _home_with_models(tmp_path)
+    shown = runner.invoke(app, ["models", "show", "fraud", "--home", str(home), "--json"])
+    assert shown.exit_code == 0, shown.output
+    latest = json.loads(shown.output)
+    assert (latest["version"], latest["serving"], latest["region"]) == (
+        2,
+        "canary (10%)",
+        "me-central-1",
+    )
+    first = runner.invoke(
+        app, ["models", "lineage", "fraud", "-v", "1", "--home", str(home), "--json"]
+    )
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output) == {
+        "model": "fraud",
+        "version": 1,
+        "training_job_id": "test",
+    }
+
+
+def test_models_of_an_unknown_model_or_version_say_what_exists(tmp_path: Path) -> None:
+    home = _home_with_models(tmp_path)
+    unknown = runner.invoke(app, ["models", "show", "loans", "--home", str(home)])
+    assert unknown.exit_code == 1
+    assert "'loans'" in unknown.output and "fraud" in unknown.output
+    missing = runner.invoke(app, ["models", "lineage", "fraud", "-v", "9", "--home", str(home)])
+    assert missing.exit_code == 1 and "9" in missing.output
