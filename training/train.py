@@ -15,6 +15,7 @@ checkpoint, and the job rebuilds the model from that checkpoint.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     use_bf16 = device.type == "cuda"
     shuffler = torch.Generator().manual_seed(config.seed + 1 + rank)
     epoch_loss = 0.0
+    epoch_seconds: list[float] = []
     for _ in range(config.epochs):
+        epoch_started = time.perf_counter()
         model.train()
         total, count = torch.zeros((), device=device), 0
         for batch in torch.randperm(per_rank, generator=shuffler).split(config.batch_size):
@@ -175,8 +178,17 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             total += loss.detach() * batch.numel()
             count += batch.numel()
         epoch_loss = _global_mean(total, count, device)
+        epoch_seconds.append(time.perf_counter() - epoch_started)
 
-    metrics = {"train_loss": epoch_loss, "epochs": float(config.epochs), "workers": float(world)}
+    metrics = {
+        "train_loss": epoch_loss,
+        "epochs": float(config.epochs),
+        "workers": float(world),
+        # Wall time of the epochs themselves, apart from the run's fixed start-up
+        # (benchmarks/training.py); after the first, which warms caches up.
+        "epochs_s": sum(epoch_seconds),
+        "epoch_s_steady": float(np.mean(epoch_seconds[1:] or epoch_seconds)),
+    }
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
