@@ -29,6 +29,7 @@ from benchmarks.common import Row
 from falaj.context import Context
 from falaj.demo.data import generate_transactions
 from falaj.feature_repo import load_repo
+from falaj.runtime.ray_head import ray_env
 from falaj.schema import load_schema
 from falaj.settings import Settings
 from falaj.validation import validate_frame
@@ -101,6 +102,8 @@ def run(quick: bool = False) -> list[Row]:
     plain_total, plain_epoch = plain_loop(data, config)
     with tempfile.TemporaryDirectory(prefix="falaj-bench-training-") as tmp:
         ctx = Context.create(Settings(home=Path(tmp) / ".falaj"), actor="benchmark")
+        # As the platform's own head runs: no auth token file, no usage reporting.
+        os.environ.update({k: v for k, v in ray_env().items() if k.startswith("RAY_")})
         started = time.perf_counter()
         ray.init(
             num_cpus=2,

@@ -16,6 +16,14 @@ from pathlib import Path
 
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
 
+_AGENT_PORT_FLAGS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+    "ray-client-server-port",
+)
+
 
 @dataclass(frozen=True)
 class RayHeadConfig:
@@ -52,6 +60,10 @@ def start_ray_head(config: RayHeadConfig, env: dict[str, str] | None = None) -> 
         f"--dashboard-port={config.dashboard_port}",
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
+        # Ray's agents listen on fixed default ports (52365 and others): a second
+        # Ray on the machine (a user's, a benchmark's) would leave this head
+        # without a job agent, refusing every job. Free ports instead.
+        *(f"--{flag}={free_port(config.host)}" for flag in _AGENT_PORT_FLAGS),
     ]
     process = ManagedProcess(
         name="ray-head",
