@@ -439,15 +439,22 @@ def _role(split: TrafficSplit | None, version: int) -> str:
     return ""
 
 
-def _version(registry: ModelRegistry, model: str, version: int | None) -> ModelVersion:
-    if version is not None:
-        return registry.get(model, version)
-    latest = registry.latest(model)
-    if latest is None:
-        raise FalajError(
-            f"model {model!r} has no version; registered models: {registry.models() or 'none'}"
-        )
-    return latest
+def _found(
+    home: Path | None, model: str, version: int | None
+) -> tuple[ModelVersion, TrafficSplit | None]:
+    """The version asked for (the latest by default) and its model's traffic split."""
+    try:
+        registry, splits = _serving(home)
+        if version is not None:
+            return registry.get(model, version), splits.get(model)
+        latest = registry.latest(model)
+        if latest is None:
+            raise FalajError(
+                f"model {model!r} has no version; registered models: {registry.models() or 'none'}"
+            )
+        return latest, splits.get(model)
+    except FalajError as exc:
+        raise _fail(str(exc)) from None
 
 
 @models_app.command("list")
@@ -497,14 +504,10 @@ def models_show(
     as_json: JsonOption = False,
 ) -> None:
     """One version: digest, region, metrics, inputs and what it serves."""
-    try:
-        registry, splits = _serving(home)
-        found = _version(registry, model, version)
-    except FalajError as exc:
-        raise _fail(str(exc)) from None
+    found, split = _found(home, model, version)
     shown = {
         **{k: v for k, v in found.to_json().items() if k != "lineage"},
-        "serving": _role(splits.get(model), found.version),
+        "serving": _role(split, found.version),
         "location": found.location,
     }
     if as_json:
@@ -522,11 +525,7 @@ def models_lineage(
     as_json: JsonOption = False,
 ) -> None:
     """Where a version came from: its data, features, code, job and parameters."""
-    try:
-        registry, _ = _serving(home)
-        found = _version(registry, model, version)
-    except FalajError as exc:
-        raise _fail(str(exc)) from None
+    found, _ = _found(home, model, version)
     lineage = dict(found.lineage)
     if as_json:
         console.print_json(json.dumps({"model": model, "version": found.version, **lineage}))
