@@ -44,7 +44,7 @@ class Sizes:
     epochs: int
 
 
-QUICK = Sizes(rows=20_000, epochs=3)
+QUICK = Sizes(rows=10_000, epochs=3)
 FULL = Sizes(rows=100_000, epochs=8)
 
 
