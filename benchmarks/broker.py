@@ -50,7 +50,7 @@ from falaj.auth import Role, write_token_file
 from falaj.context import Context
 from falaj.events import EventType, InferenceLogged, make_event
 from falaj.publisher import BATCH_CONTENT_TYPE
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port, port_open
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, free_port, port_open
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.topology import BrokerSpec, TriggerSpec
 from falaj.topology_files import dump_endpoints, dump_topology
@@ -343,13 +343,7 @@ def run_falaj(work: Path, prepared: Workload, sizes: Sizes) -> Measured:
     )
     broker = ManagedProcess(
         name="broker",
-        argv=[
-            sys.executable,
-            "-m",
-            "eventing.broker",
-            f"--topology={work / 'topology.json'}",
-            f"--endpoints={work / 'endpoints.json'}",
-        ],
+        argv=broker_argv(work / "topology.json", work / "endpoints.json"),
         env=env,
         log_path=work / "broker.log",
         cwd=PROJECT_ROOT,

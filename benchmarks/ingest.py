@@ -48,7 +48,7 @@ from falaj.events import EventType, ObjectCreated, StreamRecord, make_event
 from falaj.features import FeatureStoreClient
 from falaj.objects import LANDING_BUCKET, encode_key
 from falaj.publisher import EventPublisher
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port, port_open
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, free_port, port_open
 from falaj.schema import load_schema
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.topology import BrokerSpec, TriggerSpec
@@ -134,13 +134,7 @@ def _broker(home: Home, triggers: list[TriggerSpec]) -> Iterator[None]:
         dump_endpoints({}, work / "endpoints.json")
     broker = ManagedProcess(
         name="broker",
-        argv=[
-            sys.executable,
-            "-m",
-            "eventing.broker",
-            f"--topology={work / 'topology.json'}",
-            f"--endpoints={work / 'endpoints.json'}",
-        ],
+        argv=broker_argv(work / "topology.json", work / "endpoints.json"),
         env=home.env(),
         log_path=work / "broker.log",
         cwd=PROJECT_ROOT,

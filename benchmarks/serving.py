@@ -30,7 +30,7 @@ from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit, now_iso
 from falaj.profile import ReferenceProfile
 from falaj.registry import ModelRegistry
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, free_port
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.topology import BrokerSpec
 from falaj.topology_files import dump_endpoints, dump_topology
@@ -104,15 +104,7 @@ def run(quick: bool) -> list[Row]:
                 env=env,
                 log_path=ctx.paths.logs / "broker.log",
                 cwd=PROJECT_ROOT,
-                argv=[
-                    sys.executable,
-                    "-m",
-                    "eventing.broker",
-                    "--topology",
-                    str(ctx.paths.run / "topology.json"),
-                    "--endpoints",
-                    str(ctx.paths.run / "endpoints.json"),
-                ],
+                argv=broker_argv(ctx.paths.run / "topology.json", ctx.paths.run / "endpoints.json"),
             ),
             ManagedProcess(
                 name="kserve",

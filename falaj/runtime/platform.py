@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from falaj.auth import Role, write_token_file
 from falaj.context import Context
 from falaj.manifests import load_topology
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port, port_open
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, free_port, port_open
 from falaj.runtime.ray_head import RayHeadConfig, ray_env, start_ray_head
 from falaj.settings import ENV_PREFIX, PROJECT_ROOT, Settings
 from falaj.topology import SourceSpec, Topology
@@ -210,15 +210,7 @@ class LocalPlatform:
         dump_endpoints(endpoints, endpoints_file)
         self._spawn(
             "broker",
-            [
-                sys.executable,
-                "-m",
-                "eventing.broker",
-                "--topology",
-                str(topology_file),
-                "--endpoints",
-                str(endpoints_file),
-            ],
+            broker_argv(topology_file, endpoints_file),
             env,
             ReadyCheck(self.settings.host, self.settings.broker_port, "/healthz"),
         )

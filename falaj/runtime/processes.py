@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -135,3 +136,14 @@ def stop_on_signals(*signums: signal.Signals) -> threading.Event:
     for signum in signums or (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     return stop
+
+
+def broker_argv(topology: Path, endpoints: Path) -> list[str]:
+    """The local broker's command line (``python -m eventing.broker``) for these files."""
+    return [
+        sys.executable,
+        "-m",
+        "eventing.broker",
+        f"--topology={topology}",
+        f"--endpoints={endpoints}",
+    ]
