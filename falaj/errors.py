@@ -12,6 +12,7 @@
     ├── ArtifactError          a model artifact cannot be trusted or read
     │   └── SignatureInvalid   its signature is missing or does not match
     ├── RegistryError          a model or version is unknown
+    ├── ModelBusy              a model runs as many training jobs as it may (409)
     ├── SchemaError            a data file does not fit the feature schema at all
     ├── StorageError           an object cannot be located or read from here
     │   └── ObjectKeyError     its key would name something outside its bucket
@@ -112,6 +113,16 @@ class RegistryError(FalajError):
     """Raised when a model or a model version is not in the registry."""
 
     status = HTTPStatus.NOT_FOUND
+
+
+class ModelBusy(FalajError):
+    """Raised when a launch would exceed a model's concurrent training runs.
+
+    The launcher keeps the request as the model's pending one; it goes out
+    when a run ends.
+    """
+
+    status = HTTPStatus.CONFLICT
 
 
 class SchemaError(FalajError):

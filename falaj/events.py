@@ -46,6 +46,7 @@ class EventType(StrEnum):
     DATA_QUALITY = "dev.falaj.data.quality"
     TRAINING_REQUESTED = "dev.falaj.training.requested"
     TRAINING_STARTED = "dev.falaj.training.started"
+    TRAINING_PROGRESS = "dev.falaj.training.progress"
     TRAINING_COMPLETED = "dev.falaj.training.completed"
     TRAINING_FAILED = "dev.falaj.training.failed"
     MODEL_REGISTERED = "dev.falaj.model.registered"
@@ -257,6 +258,27 @@ class TrainingStarted(EventData):
     reason: TrainingReason
 
 
+class TrainingStage(StrEnum):
+    """Where a training job is, in the order it goes through them."""
+
+    DATA = "data"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    EXPORTING = "exporting"
+    REGISTERING = "registering"
+
+
+class TrainingProgress(EventData):
+    """How far a running job has come: its stage and, while it trains, the epoch."""
+
+    model: str
+    job_id: str
+    stage: TrainingStage
+    epoch: int = Field(default=0, ge=0, description="epochs finished so far")
+    epochs: int = Field(default=0, ge=0, description="epochs the run trains in all")
+    train_loss: float | None = None
+
+
 class TrainingCompleted(EventData):
     model: str
     job_id: str
@@ -380,6 +402,12 @@ CATALOG: Mapping[EventType, EventSpec] = {
             "/falaj/training",
             TrainingStarted,
             "a training job started on Ray",
+        ),
+        EventSpec(
+            EventType.TRAINING_PROGRESS,
+            "/falaj/training",
+            TrainingProgress,
+            "a running training job reached a stage or finished an epoch",
         ),
         EventSpec(
             EventType.TRAINING_COMPLETED,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -24,6 +25,7 @@ from pydantic import (
 
 from falaj.errors import ConfigError
 from falaj.feast_stores import parse_postgres_url, parse_redis_url
+from falaj.off_peak import OffPeakWindow
 
 ENV_PREFIX = "FALAJ_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +102,36 @@ class Settings(BaseModel):
     drift_psi_threshold: float = Field(default=0.2, gt=0, description="PSI that counts as drift")
     drift_cooldown_s: float = Field(default=60.0, ge=0, description="quiet time after an alert")
     training_workers: int = Field(default=2, ge=1, description="Ray Train workers per job")
+    training_use_gpu: bool | None = Field(
+        default=None,
+        description="whether Ray Train workers use a GPU each; unset, the job looks for CUDA "
+        "where its driver runs (on a cluster the launcher sets it from the worker pool)",
+    )
+    training_max_concurrent: int = Field(
+        default=1,
+        ge=1,
+        description="training jobs that may run at once for one model; more requests wait, "
+        "merged into one",
+    )
+    training_off_peak: OffPeakWindow | None = Field(
+        default=None,
+        description="HH:MM-HH:MM in training_timezone when retraining that is not urgent (a "
+        "schedule, mild drift) may start, e.g. 22:00-06:00; unset, any time",
+    )
+    training_timezone: str = Field(
+        default="Asia/Dubai", description="the IANA time zone of training_off_peak"
+    )
+    training_urgent_psi: float = Field(
+        default=0.5,
+        gt=0,
+        description="drift whose largest PSI reaches this retrains at once; milder drift "
+        "waits for the off-peak window",
+    )
+    training_watch_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often the training launcher asks Ray about the jobs it started",
+    )
     manifests_dir: Path = PROJECT_ROOT / "manifests" / "base"
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
     records_dataset: str | None = Field(
@@ -123,6 +155,26 @@ class Settings(BaseModel):
         if not value:
             raise ValueError("expected at least one allowed region, got none")
         return value
+
+    @field_validator("training_off_peak", mode="before")
+    @classmethod
+    def _off_peak_window(cls, value: Any) -> Any:
+        return OffPeakWindow.parse(value) if isinstance(value, str) else value
+
+    @field_validator("training_timezone")
+    @classmethod
+    def _training_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"expected an IANA time zone such as Asia/Dubai or UTC, got {value!r}"
+            ) from None
+        return value
+
+    @property
+    def training_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.training_timezone)
 
     @field_validator("online_store")
     @classmethod

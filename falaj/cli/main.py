@@ -45,6 +45,10 @@ models_app = typer.Typer(
 )
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
+train_app = typer.Typer(
+    help="Training runs: what runs, how far it came, and what waits.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -405,10 +409,6 @@ def events_replay(
         raise typer.Exit(1)
 
 
-if __name__ == "__main__":
-    app()
-
-
 # -- the model registry ------------------------------------------------------------
 
 ModelArgument = Annotated[str, typer.Argument(help="the model's name, e.g. fraud")]
@@ -533,3 +533,87 @@ def models_lineage(
     console.print(f"[bold]{model}[/bold] version {found.version} (sha256 {found.digest[:16]})")
     for key, value in lineage.items():
         console.print(f"  [bold]{key}[/bold]: {json.dumps(value, default=str)}")
+
+
+# -- training runs -------------------------------------------------------------------
+
+#: Cells of the text progress bar in ``falaj train status``.
+BAR_WIDTH = 20
+
+
+def progress_bar(epoch: int, epochs: int, width: int = BAR_WIDTH) -> str:
+    """``[#######-------------]  7/20`` for a run that trains; empty before it knows its epochs."""
+    if epochs <= 0:
+        return ""
+    done = min(epoch, epochs)
+    filled = round(width * done / epochs)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done:>{len(str(epochs))}}/{epochs}"
+
+
+@train_app.command("status")
+def train_status(
+    model: Annotated[str | None, typer.Argument(help="one model (default: all)")] = None,
+    home: HomeOption = None,
+    limit: Annotated[int, typer.Option(help="newest runs to show per model")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """The launcher's training runs, newest last, with a progress bar, and what waits."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from falaj.training_runs import DB_FILE, TrainingJobs
+
+    directory = Paths(_settings(home).resolved_home).training
+    if not (directory / DB_FILE).exists():  # reading must not create the launcher's state
+        console.print("no training runs (the training launcher has launched none here)")
+        return
+    try:
+        with TrainingJobs(directory) as jobs:
+            runs = jobs.runs(model)
+            models = sorted(
+                m for m in {run.model for run in runs} | set(jobs.models()) if model in (None, m)
+            )
+            pending = {m: jobs.pending(m) for m in models}
+    except (FalajError, OSError) as exc:
+        raise _fail(f"cannot read the training runs: {exc}") from None
+    by_model = {m: [run for run in runs if run.model == m][-limit:] for m in models}
+    if as_json:
+        shown = {}
+        for m in models:
+            waiting = pending[m]
+            shown[m] = {
+                "runs": [asdict(run) for run in by_model[m]],
+                "pending": None if waiting is None else asdict(waiting),
+            }
+        console.print_json(json.dumps(shown, default=str))
+        return
+    if not models:
+        console.print("no training runs" + (f" for {model!r}" if model else ""))
+        return
+    for name in models:
+        table = Table(title=f"training runs of {name}", title_justify="left")
+        for column in ("job", "reason", "status", "stage", "progress", "loss", "try", "note"):
+            table.add_column(column)
+        for run in by_model[name]:
+            table.add_row(
+                run.job_id,
+                str(run.reason) + (" (urgent)" if run.urgent else ""),
+                run.status + (f", {run.announced}" if run.announced else ""),
+                "" if run.stage is None else str(run.stage),
+                escape(progress_bar(run.epoch, run.epochs)),
+                "" if run.train_loss is None else f"{run.train_loss:.4f}",
+                str(run.attempt),
+                (run.message or "")[:80],
+            )
+        console.print(table)
+        waiting = pending[name]
+        if waiting is not None:
+            console.print(
+                f"  waiting: {waiting.reason}{' (urgent)' if waiting.urgent else ''}, "
+                f"{waiting.requests} request(s) merged"
+                + (f", resumes run {waiting.run_name}" if waiting.run_name else "")
+            )
+
+
+if __name__ == "__main__":
+    app()

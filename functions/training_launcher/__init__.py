@@ -1,6 +1,5 @@
-"""The training launcher: events in, one Ray training job at a time per model."""
+"""The training launcher: events in, Ray training jobs out, each followed to its end."""
 
 from functions.training_launcher.function import TrainingLauncherFunction
-from functions.training_launcher.jobs import TrainingJobs, TrainingRequest, TrainingRun
 
-__all__ = ["TrainingJobs", "TrainingLauncherFunction", "TrainingRequest", "TrainingRun"]
+__all__ = ["TrainingLauncherFunction"]

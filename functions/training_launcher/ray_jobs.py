@@ -22,14 +22,26 @@ import requests
 from ray.job_submission import JobSubmissionClient
 
 from falaj.settings import ENV_PREFIX, PROJECT_ROOT, SECRET_SETTINGS, Settings
+from falaj.training_runs import TrainingRequest
 from functions.training_launcher.errors import JobSubmissionFailed
-from functions.training_launcher.jobs import TrainingRequest
 
 #: The secret settings a training job needs: it reads and applies the Feast stores.
 JOB_SECRETS = ("online_store", "feature_registry")
 #: The status recorded for a job the Ray head no longer knows (it was restarted).
 LOST = "LOST"
 JOB_MODULE = "training.job"
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the cluster says of a job: its status and, once it ended, how."""
+
+    #: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, or ``LOST``.
+    status: str
+    #: The entrypoint's exit code (``falaj.training_job.JobExit``), when it exited.
+    exit_code: int | None = None
+    #: The cluster's own words about the end (Ray's job message), when it said any.
+    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,10 @@ def job_spec(
         str(request.reason),
         "--job-id",
         job_id,
+        # A retried job resumes the Ray Train run (and its checkpoints) of the
+        # job that was lost; a first try starts a run of its own name.
+        "--run-name",
+        request.run_name or job_id,
     ]
     return JobSpec(
         job_id=job_id,
@@ -72,6 +88,7 @@ def job_spec(
             "reason": str(request.reason),
             "urgent": str(request.urgent).lower(),
             "cause_event_id": request.cause_event_id or "",
+            "attempt": str(request.attempt),
         },
     )
 
@@ -127,15 +144,23 @@ class RayJobs:
                 f"{spec.job_id}: {_short(exc)}; is the Ray head running ('falaj up')?"
             ) from exc
 
-    def status(self, job_id: str) -> str:
+    def state(self, job_id: str) -> JobState:
         """Ray's status of the job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), or LOST."""
         try:
-            return str(self._connected().get_job_status(job_id).value)
+            info = self._connected().get_job_info(job_id)
+            return JobState(
+                status=str(info.status.value),
+                exit_code=info.driver_exit_code,
+                message=info.message,
+            )
         except RuntimeError as exc:
             # The SDK reports HTTP errors as RuntimeError with the status in
             # the text; a 404 means the head forgot the job (it restarted).
             if "status code 404" in str(exc):
-                return LOST
+                return JobState(
+                    status=LOST,
+                    message="the Ray head no longer knows the job (it was restarted)",
+                )
             self._client = None
             raise JobSubmissionFailed(
                 f"cannot read the status of training job {job_id} from {self.address}: "

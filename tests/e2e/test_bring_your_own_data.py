@@ -53,10 +53,11 @@ from falaj.objects import LANDING_BUCKET, encode_key
 from falaj.registry import ModelRegistry
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
 from falaj.settings import PROJECT_ROOT, Settings
+from falaj.training_runs import TrainingRun
 from falaj.validation import validate_frame
 from functions.ingest.function import IngestFunction
 from functions.rollout.function import RolloutFunction
-from functions.training_launcher import TrainingLauncherFunction, TrainingRun
+from functions.training_launcher import TrainingLauncherFunction
 from inference.session import CPU
 from tests.inference.conftest import BrokerStandIn, wait_until
 from tests.support.event_sink import EventSink

@@ -33,7 +33,7 @@ def topology() -> Topology:
     return load_topology(BASE)
 
 
-def test_eight_triggers_route_each_event_type_to_its_function(topology: Topology) -> None:
+def test_nine_triggers_route_each_event_type_to_its_function(topology: Topology) -> None:
     routes = {
         t.name: (t.broker, dict(t.filter_attributes), t.subscriber) for t in topology.triggers
     }
@@ -52,6 +52,8 @@ def test_eight_triggers_route_each_event_type_to_its_function(topology: Topology
             {"type": EventType.TRAINING_REQUESTED},
             "training-launcher",
         ),
+        # Its filter is `filters`: the job's four own event types.
+        "job-events-to-training": ("default", {}, "training-launcher"),
         "schedule-to-training": ("default", {"type": EventType.PING}, "training-launcher"),
         "registered-to-rollout": ("default", {"type": EventType.MODEL_REGISTERED}, "rollout"),
         "inference-to-drift": ("default", {"type": EventType.INFERENCE_LOGGED}, "drift"),
@@ -63,6 +65,20 @@ def test_eight_triggers_route_each_event_type_to_its_function(topology: Topology
             "any": [
                 {"exact": {"type": EventType.RABBITMQ_MESSAGE}},
                 {"exact": {"type": EventType.KAFKA_RECORD}},
+            ]
+        },
+    )
+    [job_events] = [t for t in topology.triggers if t.name == "job-events-to-training"]
+    assert job_events.filters == (
+        {
+            "any": [
+                {"exact": {"type": t}}
+                for t in (
+                    EventType.TRAINING_STARTED,
+                    EventType.TRAINING_PROGRESS,
+                    EventType.TRAINING_COMPLETED,
+                    EventType.TRAINING_FAILED,
+                )
             ]
         },
     )
@@ -461,7 +477,7 @@ def test_inference_to_drift_routes_by_the_subscriptions_api_filters(topology: To
         {"prefix": {"source": "/falaj/inference"}},
     )
     others = [t.name for t in topology.triggers if t.filters and t is not trigger]
-    assert others == ["records-to-ingest"]
+    assert others == ["records-to-ingest", "job-events-to-training"]
 
 
 def test_nested_filters_are_kept_as_written(tmp_path: Path) -> None:

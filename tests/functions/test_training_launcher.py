@@ -8,7 +8,6 @@ listens on. The one test marked ``ray`` trains twice on the shared Ray head.
 from __future__ import annotations
 
 import json
-import sqlite3
 import stat
 import sys
 from collections.abc import Iterator
@@ -27,15 +26,19 @@ from falaj.auth import Role
 from falaj.context import Context
 from falaj.cron import CronSchedule
 from falaj.demo.data import generate_transactions
-from falaj.errors import EventError, ResidencyViolation
+from falaj.errors import EventError, ModelBusy, ResidencyViolation
 from falaj.events import (
     DataIngested,
     DriftDetected,
     EventData,
     EventType,
     ParsedEvent,
+    TrainingCompleted,
+    TrainingProgress,
     TrainingReason,
     TrainingRequested,
+    TrainingStage,
+    TrainingStarted,
     make_event,
     parse_event,
 )
@@ -46,11 +49,13 @@ from falaj.registry import ModelRegistry
 from falaj.runtime.processes import free_port
 from falaj.schema import load_schema
 from falaj.settings import Settings
+from falaj.training_job import MAX_ATTEMPTS, JobExit
+from falaj.training_runs import TrainingJobs, TrainingRequest
 from falaj.validation import validate_frame
-from functions.training_launcher import TrainingJobs, TrainingLauncherFunction, TrainingRequest
+from functions.training_launcher import TrainingLauncherFunction
 from functions.training_launcher import function as launcher_module
 from functions.training_launcher.errors import JobSubmissionFailed
-from functions.training_launcher.ray_jobs import JobSpec, job_env, job_spec
+from functions.training_launcher.ray_jobs import LOST, JobSpec, JobState, job_env, job_spec
 from tests.support.event_sink import EventSink
 from tests.support.ray_jobs import wait_for_job
 from training.export import to_onnx
@@ -89,7 +94,7 @@ def drifted(ctx: Context, model: str = MODEL) -> ParsedEvent:
             window_size=200,
             statistic="psi",
             threshold=0.2,
-            scores={"amount": 0.4},
+            scores={"amount": 0.9},  # severe: retrains at once
             drifted_features=["amount"],
         ),
     )
@@ -115,7 +120,8 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def launcher(ctx: Context) -> Iterator[TrainingLauncherFunction]:
-    function = TrainingLauncherFunction()
+    # No watcher thread: these tests drive every step themselves.
+    function = TrainingLauncherFunction(watch=False)
     function.start(ctx)
     try:
         yield function
@@ -160,7 +166,8 @@ def test_drift_trains_and_a_ray_that_does_not_answer_is_a_503(
         launcher.handle(drifted(ctx))
     assert refused.value.status == 503
     # Nothing claims the model: the broker's redelivery launches it.
-    assert launcher.jobs.active(MODEL) is None
+    assert launcher.jobs.active(MODEL) == []
+    assert launcher.jobs.pending(MODEL) is not None  # kept for the redelivery
     assert "training.launched" not in audit_actions(ctx)
 
 
@@ -204,17 +211,28 @@ def test_a_job_outside_the_allowed_regions_is_refused_before_ray_is_asked(
 
 
 class RayThatRuns:
-    """Stands in for the Ray Jobs API: takes every job and reports it running."""
+    """Stands in for the Ray Jobs API: takes every job and reports it running until told.
+
+    The real Jobs API is exercised by the tests marked ``ray``; this one lets a
+    test end a job the way a cluster does (killed, stopped, forgotten).
+    """
 
     def __init__(self) -> None:
         self.submitted: list[JobSpec] = []
+        self.states: dict[str, JobState] = {}
 
     def submit(self, spec: JobSpec) -> str:
         self.submitted.append(spec)
+        self.states[spec.job_id] = JobState(status="RUNNING")
         return spec.job_id
 
-    def status(self, job_id: str) -> str:
-        return "RUNNING"
+    def state(self, job_id: str) -> JobState:
+        return self.states[job_id]
+
+    def end(
+        self, job_id: str, status: str, exit_code: int | None = None, message: str = ""
+    ) -> None:
+        self.states[job_id] = JobState(status=status, exit_code=exit_code, message=message or None)
 
 
 @pytest.fixture
@@ -226,7 +244,7 @@ def jobs_api(monkeypatch: pytest.MonkeyPatch) -> RayThatRuns:
 
 @pytest.fixture
 def scheduled_launcher(jobs_api: RayThatRuns, ctx: Context) -> Iterator[TrainingLauncherFunction]:
-    function = TrainingLauncherFunction()
+    function = TrainingLauncherFunction(watch=False)
     function.start(ctx)
     try:
         yield function
@@ -290,6 +308,285 @@ def test_a_ping_for_a_model_the_launcher_cannot_train_is_a_bad_event(
     assert refused.value.status == 400
 
 
+# -- when a request may start: the off-peak window, urgency, concurrency -------------
+
+
+def launcher_with(
+    ctx: Context, jobs_api: RayThatRuns, **settings: object
+) -> TrainingLauncherFunction:
+    """A started launcher (no watcher) whose settings differ from ``ctx``'s by ``settings``."""
+    # Validated, as the environment's values would be (model_copy does not validate).
+    changed_settings = Settings.model_validate({**ctx.settings.model_dump(), **settings})
+    changed = Context.create(changed_settings, actor="training-launcher")
+    function = TrainingLauncherFunction(watch=False)
+    function.start(changed)
+    return function
+
+
+# 22:00 UTC is 02:00 in Dubai; 08:00 UTC is noon there.
+NIGHT = datetime(2026, 3, 2, 22, 0, tzinfo=UTC)
+NOON = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def drift_of(ctx: Context, psi: float) -> ParsedEvent:
+    return event(
+        ctx,
+        EventType.DRIFT_DETECTED,
+        DriftDetected(
+            model=MODEL,
+            version=1,
+            window_size=200,
+            statistic="psi",
+            threshold=0.2,
+            scores={"amount": psi, "hour": 0.01},
+            drifted_features=["amount"],
+        ),
+    )
+
+
+def test_retraining_that_can_wait_waits_for_the_off_peak_window(
+    ctx: Context, jobs_api: RayThatRuns, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launcher = launcher_with(ctx, jobs_api, training_off_peak="01:00-05:00")
+    try:
+        monkeypatch.setattr(launcher_module, "datetime", FrozenClock(NOON))
+        launcher.handle(pinged(ctx))  # a schedule: not urgent
+        launcher.handle(drift_of(ctx, psi=0.3))  # mild drift: not urgent either
+        assert jobs_api.submitted == []
+        waiting = launcher.jobs.pending(MODEL)
+        assert waiting is not None
+        assert (waiting.urgent, waiting.requests) == (False, 2)
+        deferred = [
+            e for e in AuditLog(ctx.paths.audit).entries() if e["action"] == "training.deferred"
+        ]
+        assert len(deferred) == 2
+        # The next opening of 01:00 in Dubai after noon there: 21:00 UTC that day.
+        assert deferred[-1]["details"]["starts_after"] == "2026-03-02T01:00:00+04:00".replace(
+            "03-02", "03-03"
+        )
+
+        launcher.reconcile(now=NOON)  # still closed
+        assert jobs_api.submitted == []
+        launcher.reconcile(now=NIGHT)  # 02:00 in Dubai: open
+        [spec] = jobs_api.submitted
+        assert "--reason schedule" in spec.entrypoint
+        assert launcher.jobs.pending(MODEL) is None
+    finally:
+        launcher.stop()
+
+
+def test_urgent_drift_starts_at_once_even_off_peak(ctx: Context, jobs_api: RayThatRuns) -> None:
+    launcher = launcher_with(
+        ctx, jobs_api, training_off_peak="01:00-01:01", training_urgent_psi=0.5
+    )
+    try:
+        launcher.handle(drift_of(ctx, psi=0.9))
+        [spec] = jobs_api.submitted
+        assert "--reason drift" in spec.entrypoint
+        assert dict(spec.metadata)["urgent"] == "true"
+    finally:
+        launcher.stop()
+
+
+def test_at_most_n_runs_per_model_and_the_rest_wait_merged(
+    ctx: Context, jobs_api: RayThatRuns
+) -> None:
+    launcher = launcher_with(ctx, jobs_api, training_max_concurrent=2)
+    try:
+        for _ in range(4):
+            launcher.handle(requested(ctx))
+        assert len(jobs_api.submitted) == 2
+        assert len(launcher.jobs.active(MODEL)) == 2
+        waiting = launcher.jobs.pending(MODEL)
+        assert waiting is not None and waiting.requests == 2  # two requests, one run to come
+
+        first = jobs_api.submitted[0].job_id
+        jobs_api.end(first, "SUCCEEDED", exit_code=0)
+        launcher.reconcile()
+        assert len(jobs_api.submitted) == 3
+        assert launcher.jobs.pending(MODEL) is None
+        assert {r.job_id for r in launcher.jobs.active(MODEL)} == {
+            jobs_api.submitted[1].job_id,
+            jobs_api.submitted[2].job_id,
+        }
+    finally:
+        launcher.stop()
+
+
+class FrozenClock(datetime):
+    """``datetime`` whose ``now`` is one fixed moment: the launcher's clock, in a test."""
+
+    moment: datetime
+
+    def __new__(cls, moment: datetime) -> FrozenClock:  # type: ignore[misc]
+        clock = super().__new__(cls, 2000, 1, 1)
+        type(clock).moment = moment
+        return clock
+
+    @classmethod
+    def now(cls, tz: object = None) -> datetime:  # type: ignore[override]
+        return cls.moment
+
+
+# -- following a job to its end ---------------------------------------------------------
+
+
+@pytest.fixture
+def announcing(
+    ctx: Context, jobs_api: RayThatRuns, event_sink: EventSink
+) -> Iterator[TrainingLauncherFunction]:
+    """A launcher whose events reach ``event_sink``."""
+    launcher = launcher_with(ctx, jobs_api, broker_url=event_sink.url)
+    try:
+        yield launcher
+    finally:
+        launcher.stop()
+
+
+@pytest.mark.parametrize(
+    ("status", "exit_code", "message", "reason"),
+    [
+        ("FAILED", 137, "Job entrypoint command failed with exit code 137", "exit code 137"),
+        ("FAILED", 3, "", "ended FAILED (exit code 3) without announcing why"),
+        ("STOPPED", None, "Job was intentionally stopped.", "was stopped before it finished"),
+    ],
+    ids=["killed", "broker unreachable", "stopped"],
+)
+def test_a_job_that_could_not_announce_its_end_is_announced_failed_and_frees_the_model(
+    ctx: Context,
+    jobs_api: RayThatRuns,
+    event_sink: EventSink,
+    announcing: TrainingLauncherFunction,
+    status: str,
+    exit_code: int | None,
+    message: str,
+    reason: str,
+) -> None:
+    announcing.handle(requested(ctx))
+    announcing.handle(requested(ctx))  # waits behind the first
+    [first] = jobs_api.submitted
+    jobs_api.end(first.job_id, status, exit_code, message)
+
+    announcing.reconcile()
+    [failed] = event_sink.wait_for(EventType.TRAINING_FAILED, job_id=first.job_id)
+    assert reason in failed.data["reason"], failed.data["reason"]
+    assert failed.data["model"] == MODEL
+    [entry] = [e for e in AuditLog(ctx.paths.audit).entries() if e["action"] == "training.failed"]
+    assert (entry["outcome"], entry["details"]["status"]) == ("failed", status)
+    # The model is free: the request that waited went out.
+    assert len(jobs_api.submitted) == 2
+    ended = announcing.jobs.run(first.job_id)
+    assert ended is not None and (ended.status, ended.announced) == (status, "failed")
+
+    # Looking again announces nothing twice.
+    announcing.reconcile()
+    assert [r.type for r in event_sink.received()].count(EventType.TRAINING_FAILED) == 1
+
+
+def test_a_job_that_announced_its_own_failure_is_not_announced_again(
+    ctx: Context,
+    jobs_api: RayThatRuns,
+    event_sink: EventSink,
+    announcing: TrainingLauncherFunction,
+) -> None:
+    announcing.handle(requested(ctx))
+    [spec] = jobs_api.submitted
+    jobs_api.end(spec.job_id, "FAILED", JobExit.FAILED_ANNOUNCED, "exit code 1")
+    announcing.reconcile()
+    assert announcing.jobs.active(MODEL) == []
+    assert EventType.TRAINING_FAILED not in {r.type for r in event_sink.received()}
+
+
+def test_a_lost_job_is_retried_resuming_its_run_then_given_up(
+    ctx: Context,
+    jobs_api: RayThatRuns,
+    event_sink: EventSink,
+    announcing: TrainingLauncherFunction,
+) -> None:
+    announcing.handle(drift_of(ctx, psi=0.9))
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        spec = jobs_api.submitted[-1]
+        assert dict(spec.metadata)["attempt"] == str(attempt)
+        # Every retry resumes the first job's Ray Train run, so its checkpoints.
+        assert spec.entrypoint.endswith(f"--run-name {jobs_api.submitted[0].job_id}")
+        jobs_api.end(spec.job_id, LOST, message="the Ray head no longer knows the job")
+        announcing.reconcile()
+    assert len(jobs_api.submitted) == MAX_ATTEMPTS
+    [failed] = event_sink.wait_for(EventType.TRAINING_FAILED, job_id=jobs_api.submitted[-1].job_id)
+    assert f"lost {MAX_ATTEMPTS} time(s)" in failed.data["reason"]
+    assert audit_actions(ctx).count("training.retried") == MAX_ATTEMPTS - 1
+    assert announcing.jobs.pending(MODEL) is None
+
+
+def test_the_jobs_own_events_record_its_progress_and_its_end_launches_the_next(
+    ctx: Context,
+    jobs_api: RayThatRuns,
+    event_sink: EventSink,
+    announcing: TrainingLauncherFunction,
+) -> None:
+    announcing.handle(requested(ctx))
+    announcing.handle(requested(ctx))
+    [spec] = jobs_api.submitted
+    job = spec.job_id
+    announcing.handle(
+        event(
+            ctx,
+            EventType.TRAINING_STARTED,
+            TrainingStarted(model=MODEL, job_id=job, reason=TrainingReason.MANUAL),
+        )
+    )
+    for epoch in (3, 2):  # out of order: the later epoch stays
+        announcing.handle(
+            event(
+                ctx,
+                EventType.TRAINING_PROGRESS,
+                TrainingProgress(
+                    model=MODEL,
+                    job_id=job,
+                    stage=TrainingStage.TRAINING,
+                    epoch=epoch,
+                    epochs=10,
+                    train_loss=0.1 * epoch,
+                ),
+            )
+        )
+    run = announcing.jobs.run(job)
+    assert run is not None
+    assert (run.stage, run.epoch, run.epochs) == (TrainingStage.TRAINING, 3, 10)
+    assert run.train_loss == pytest.approx(0.3)
+
+    # Ray has not said so yet; the job's own word frees the model.
+    jobs_api.end(job, "SUCCEEDED", exit_code=0)
+    announcing.handle(
+        event(
+            ctx,
+            EventType.TRAINING_COMPLETED,
+            TrainingCompleted(model=MODEL, job_id=job, version=1, metrics={"auc": 0.9}),
+        )
+    )
+    assert len(jobs_api.submitted) == 2
+    done = announcing.jobs.run(job)
+    assert done is not None and (done.status, done.announced) == ("SUCCEEDED", "completed")
+
+
+def test_the_watcher_follows_jobs_without_being_asked(
+    ctx: Context, jobs_api: RayThatRuns, event_sink: EventSink
+) -> None:
+    settings = ctx.settings.model_copy(
+        update={"broker_url": event_sink.url, "training_watch_interval_s": 0.05}
+    )
+    launcher = TrainingLauncherFunction()  # with its watcher thread
+    launcher.start(Context.create(settings, actor="training-launcher"))
+    try:
+        launcher.handle(requested(ctx))
+        [spec] = jobs_api.submitted
+        jobs_api.end(spec.job_id, "FAILED", 137, "killed")
+        event_sink.wait_for(EventType.TRAINING_FAILED, job_id=spec.job_id, timeout_s=10)
+    finally:
+        launcher.stop()
+    assert launcher._watcher is None  # stopped and joined
+
+
 # -- the job's environment ---------------------------------------------------------
 
 
@@ -320,6 +617,8 @@ def test_the_job_gets_a_token_file_never_the_token(ctx: Context) -> None:
         "--reason",
         "drift",
         "--job-id",
+        "train-fraud-x",
+        "--run-name",
         "train-fraud-x",
     ]
     # The environment rebuilds the launcher's settings in the job, token aside.
@@ -355,7 +654,7 @@ def test_the_job_gets_the_feast_stores_through_a_file_never_their_urls(
             "rabbitmq_url": SecretStr("amqp://falaj:s3cr3t@rabbit:5672/"),
         }
     )
-    launcher = TrainingLauncherFunction()
+    launcher = TrainingLauncherFunction(watch=False)
     launcher.start(Context.create(settings, actor="training-launcher"))
     try:
         launcher.handle(drifted(ctx))
@@ -382,9 +681,9 @@ def test_the_job_gets_the_feast_stores_through_a_file_never_their_urls(
 def test_one_active_run_per_model_and_requests_merge_while_it_runs(tmp_path: Path) -> None:
     with TrainingJobs(tmp_path) as jobs:
         first = TrainingRequest(model=MODEL, reason=TrainingReason.NEW_DATA)
-        jobs.record_launch("job-1", first)
-        with pytest.raises(sqlite3.IntegrityError):
-            jobs.record_launch("job-2", first)
+        jobs.record_launch("job-1", first, limit=1)
+        with pytest.raises(ModelBusy, match="FALAJ_TRAINING_MAX_CONCURRENT=1"):
+            jobs.record_launch("job-2", first, limit=1)
 
         jobs.add_pending(TrainingRequest(model=MODEL, reason=TrainingReason.MANUAL))
         merged = jobs.add_pending(
@@ -396,25 +695,24 @@ def test_one_active_run_per_model_and_requests_merge_while_it_runs(tmp_path: Pat
         assert jobs.pending(MODEL) == merged
 
         jobs.update_status("job-1", "RUNNING")
-        assert jobs.active(MODEL) is not None
+        assert [r.job_id for r in jobs.active(MODEL)] == ["job-1"]
         jobs.update_status("job-1", "FAILED")
-        assert jobs.active(MODEL) is None
+        assert jobs.active(MODEL) == []
         [ended] = jobs.runs(MODEL)
         assert (ended.status, ended.ended is not None) == ("FAILED", True)
 
-        jobs.record_launch("job-2", merged)
+        jobs.record_launch("job-2", merged, limit=1)
         assert jobs.pending(MODEL) is None
         assert [r.job_id for r in jobs.runs(MODEL)] == ["job-1", "job-2"]
     # The state outlives the process (scale to zero).
     with TrainingJobs(tmp_path) as reopened:
-        active = reopened.active(MODEL)
-        assert active is not None and active.job_id == "job-2" and active.urgent
+        [active] = reopened.active(MODEL)
+        assert active.job_id == "job-2" and active.urgent
 
 
 # -- the real thing on Ray -------------------------------------------------------------
 
 
-@pytest.mark.ray
 def onnx_outputs(onnx_bytes: bytes, features: np.ndarray) -> np.ndarray:
     """The model's outputs for ``features`` through onnxruntime, as serving computes them."""
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -422,6 +720,7 @@ def onnx_outputs(onnx_bytes: bytes, features: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {name: features.astype(np.float32)})[0])
 
 
+@pytest.mark.ray
 def test_events_train_versions_on_ray_one_job_at_a_time(
     ray_head: str, tmp_path: Path, event_sink: EventSink
 ) -> None:
@@ -437,7 +736,8 @@ def test_events_train_versions_on_ray_one_job_at_a_time(
     store.write_offline(validate_frame(schema, generate_transactions(3000, seed=11)).good)
 
     client = JobSubmissionClient(ray_head)
-    launcher = TrainingLauncherFunction()
+    # The watcher stays off: the test itself says when the launcher looks again.
+    launcher = TrainingLauncherFunction(watch=False)
     launcher.start(ctx)
     try:
         launcher.handle(ingested(ctx))  # no version yet: the bootstrap
@@ -514,3 +814,32 @@ def test_events_train_versions_on_ray_one_job_at_a_time(
     assert actions.count("training.coalesced") == 1
     assert actions.count("training.completed") == 2
     AuditLog(ctx.paths.audit).verify()
+
+
+@pytest.mark.ray
+def test_a_job_stopped_on_ray_is_announced_failed_by_the_watcher(
+    ray_head: str, tmp_path: Path, event_sink: EventSink
+) -> None:
+    settings = Settings(
+        home=tmp_path / ".falaj",
+        ray_address=ray_head,
+        broker_url=event_sink.url,
+        training_watch_interval_s=0.2,
+    )
+    ctx = Context.create(settings, actor="training-launcher")
+    client = JobSubmissionClient(ray_head)
+    launcher = TrainingLauncherFunction()  # its watcher asks Ray, unprompted
+    launcher.start(ctx)
+    try:
+        launcher.handle(requested(ctx))
+        [run] = launcher.jobs.runs(MODEL)
+        client.stop_job(run.job_id)
+        [failed] = event_sink.wait_for(EventType.TRAINING_FAILED, job_id=run.job_id, timeout_s=60)
+    finally:
+        launcher.stop()
+        if not client.get_job_status(run.job_id).is_terminal():
+            client.stop_job(run.job_id)
+    assert "was stopped before it finished" in failed.data["reason"], failed.data
+    with TrainingJobs(ctx.paths.training) as jobs:
+        stopped = jobs.run(run.job_id)
+    assert stopped is not None and (stopped.status, stopped.announced) == ("STOPPED", "failed")

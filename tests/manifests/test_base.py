@@ -192,7 +192,7 @@ def _filtered_types(spec: dict[str, Any]) -> set[str]:
 def test_every_trigger_filters_on_a_catalog_event_type(local_docs: list[dict[str, Any]]) -> None:
     triggers = _by_kind(local_docs, "Trigger")
     types = [_filtered_types(trigger["spec"]) for trigger in triggers]
-    assert len(types) == 8
+    assert len(types) == 9
     assert all(types), "a Trigger without a type filter would take every event"
     assert set().union(*types) <= set(EventType)
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from falaj.audit import AuditLog
-from falaj.cli.main import app
-from falaj.events import EventType
+from falaj.cli.main import app, progress_bar
+from falaj.context import Paths
+from falaj.events import EventType, TrainingReason, TrainingStage
+from falaj.training_runs import TrainingJobs, TrainingRequest
 
 runner = CliRunner()
 
@@ -129,3 +132,40 @@ def test_models_of_an_unknown_model_or_version_say_what_exists(tmp_path: Path) -
     assert "'loans'" in unknown.output and "fraud" in unknown.output
     missing = runner.invoke(app, ["models", "lineage", "fraud", "-v", "9", "--home", str(home)])
     assert missing.exit_code == 1 and "9" in missing.output
+
+
+def test_train_status_shows_each_run_with_its_progress_and_what_waits(tmp_path: Path) -> None:
+    home = tmp_path / ".falaj"
+    with TrainingJobs(Paths(home.resolve()).training) as jobs:
+        jobs.record_launch(
+            "train-fraud-1", TrainingRequest(model="fraud", reason=TrainingReason.DRIFT), limit=1
+        )
+        jobs.record_progress(
+            "train-fraud-1", stage=TrainingStage.TRAINING, epoch=6, epochs=20, train_loss=0.25
+        )
+        jobs.add_pending(TrainingRequest(model="fraud", reason=TrainingReason.SCHEDULE, requests=3))
+    table = runner.invoke(app, ["train", "status", "--home", str(home)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "train-fraud-1" in table.output
+    assert progress_bar(6, 20) in table.output
+    assert "waiting: schedule, 3 request(s) merged" in table.output
+
+    shown = runner.invoke(app, ["train", "status", "fraud", "--home", str(home), "--json"])
+    assert shown.exit_code == 0, shown.output
+    [run] = json.loads(shown.output)["fraud"]["runs"]
+    assert (run["job_id"], run["epoch"], run["epochs"], run["stage"]) == (
+        "train-fraud-1",
+        6,
+        20,
+        "training",
+    )
+    none = runner.invoke(app, ["train", "status", "credit", "--home", str(home)])
+    assert "no training runs for 'credit'" in none.output
+
+
+@pytest.mark.parametrize(
+    ("epoch", "epochs", "bar"),
+    [(0, 0, ""), (0, 4, "[--------] 0/4"), (1, 4, "[##------] 1/4"), (9, 4, "[########] 4/4")],
+)
+def test_a_progress_bar_fills_with_the_epochs_done(epoch: int, epochs: int, bar: str) -> None:
+    assert progress_bar(epoch, epochs, width=8) == bar
