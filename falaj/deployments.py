@@ -13,12 +13,24 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from falaj.closeable import Closeable
 from falaj.context import Context
 from falaj.errors import ConfigError
 
 DB_FILE = "deployments.db"
+
+
+class Alias(StrEnum):
+    """The registry's names for what a version is to traffic.
+
+    They are read from the traffic split, the one place that decides them, so
+    an alias can never point at a version that does not serve.
+    """
+
+    PRODUCTION = "production"
+    CANARY = "canary"
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,14 @@ class TrafficSplit:
             )
         if problems:
             raise ConfigError(f"invalid traffic split of {self.model!r}: " + "; ".join(problems))
+
+    @property
+    def aliases(self) -> dict[Alias, int]:
+        """production: the stable version; canary: the canary version, while there is one."""
+        found = {Alias.PRODUCTION: self.stable_version}
+        if self.canary_version is not None:
+            found[Alias.CANARY] = self.canary_version
+        return found
 
     @property
     def versions(self) -> tuple[int, ...]:

@@ -413,7 +413,12 @@ def events_replay(
 
 ModelArgument = Annotated[str, typer.Argument(help="the model's name, e.g. fraud")]
 VersionOption = Annotated[
-    int | None, typer.Option("--version", "-v", help="a version number (default: the latest)")
+    str | None,
+    typer.Option(
+        "--version",
+        "-v",
+        help="a version number, or an alias: production, canary (default: the latest)",
+    ),
 ]
 
 
@@ -439,14 +444,33 @@ def _role(split: TrafficSplit | None, version: int) -> str:
     return ""
 
 
+def _aliases(split: TrafficSplit | None, version: int) -> list[str]:
+    """The registry aliases that name ``version``: production, canary, or none."""
+    if split is None:
+        return []
+    return [str(alias) for alias, named in split.aliases.items() if named == version]
+
+
 def _found(
-    home: Path | None, model: str, version: int | None
+    home: Path | None, model: str, version: str | None
 ) -> tuple[ModelVersion, TrafficSplit | None]:
-    """The version asked for (the latest by default) and its model's traffic split."""
+    """The version asked for (a number or an alias; the latest by default) and its split."""
+    from falaj.deployments import Alias
+
     try:
         registry, splits = _serving(home)
+        split = splits.get(model)
+        if version is not None and version.isdigit():
+            return registry.get(model, int(version)), split
         if version is not None:
-            return registry.get(model, version), splits.get(model)
+            aliases = {} if split is None else {str(a): v for a, v in split.aliases.items()}
+            if version not in aliases:
+                known = ", ".join(f"{a} (v{v})" for a, v in aliases.items()) or "none"
+                raise FalajError(
+                    f"{version!r} is not a version of {model!r}; expected a number or one of "
+                    f"the aliases {', '.join(Alias)}; {model!r} has {known}"
+                )
+            return registry.get(model, aliases[version]), split
         latest = registry.latest(model)
         if latest is None:
             raise FalajError(
@@ -473,6 +497,7 @@ def models_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
             "version": v.version,
             "created": v.created,
             "serving": _role(splits.get(v.model), v.version),
+            "aliases": _aliases(splits.get(v.model), v.version),
             "metrics": dict(v.metrics),
             "digest": v.digest,
         }
@@ -508,6 +533,7 @@ def models_show(
     shown = {
         **{k: v for k, v in found.to_json().items() if k != "lineage"},
         "serving": _role(split, found.version),
+        "aliases": _aliases(split, found.version),
         "location": found.location,
     }
     if as_json:

@@ -99,6 +99,7 @@ def test_models_list_shows_every_version_and_what_it_serves(tmp_path: Path) -> N
         ("fraud", 2, "canary (10%)"),
     ]
     assert all(len(r["digest"]) == 64 and r["metrics"] == {"auc": 0.9} for r in rows)
+    assert [r["aliases"] for r in rows] == [["production"], ["canary"]]
     table = runner.invoke(app, ["models", "list", "--home", str(home)])
     assert table.exit_code == 0
     assert "production" in table.output and "canary" in table.output  # wrapped at 80 columns
@@ -123,6 +124,28 @@ def test_models_show_and_lineage_answer_for_a_version_or_the_latest(tmp_path: Pa
         "version": 1,
         "training_job_id": "test",
     }
+
+
+@pytest.mark.parametrize(("alias", "version"), [("production", 1), ("canary", 2)])
+def test_a_version_can_be_named_by_its_alias(tmp_path: Path, alias: str, version: int) -> None:
+    home = _home_with_models(tmp_path)
+    shown = runner.invoke(
+        app, ["models", "show", "fraud", "-v", alias, "--home", str(home), "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    found = json.loads(shown.output)
+    assert (found["version"], found["aliases"]) == (version, [alias])
+
+
+def test_an_unknown_alias_names_the_aliases_the_model_has(tmp_path: Path) -> None:
+    home = _home_with_models(tmp_path)
+    refused = runner.invoke(
+        app,
+        ["models", "show", "fraud", "-v", "staging", "--home", str(home)],
+        env={"COLUMNS": "200"},
+    )
+    assert refused.exit_code == 1
+    assert "production (v1), canary (v2)" in refused.output
 
 
 def test_models_of_an_unknown_model_or_version_say_what_exists(tmp_path: Path) -> None:
