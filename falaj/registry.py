@@ -3,10 +3,17 @@
 Layout under ``<home>/registry``::
 
     <model>/.lock                   serialises version numbering across processes
-    <model>/<version>/model.onnx.enc   the ONNX bytes, envelope-encrypted
-    <model>/<version>/profile.json     the reference profile (drift baseline)
-    <model>/<version>/metadata.json    digest, metrics, lineage, feature names
-    <model>/<version>/model.sig        signature over the three files above
+    <model>/<version>/model.onnx.enc       the ONNX bytes, envelope-encrypted
+    <model>/<version>/model.int8.onnx.enc  optional: the int8 variant, encrypted alike
+    <model>/<version>/profile.json         the reference profile (drift baseline)
+    <model>/<version>/metadata.json        digests, metrics, lineage, feature names
+    <model>/<version>/model.sig            signature over every file above
+
+Every version has the ``fp32`` model; the training job adds the ``int8``
+variant only where it was smaller, not slower and as accurate
+(``training.quantize``). ``metadata.json`` lists the variants with the SHA-256
+of each one's plaintext; metadata written before variants existed has no such
+list and means fp32 alone.
 
 A version is assembled in a staging directory and renamed into place only once
 it is complete and signed, so a reader never sees half a version. Listing reads
@@ -40,6 +47,11 @@ from falaj.profile import ReferenceProfile
 from falaj.residency import Boundary
 
 MODEL_FILE = "model.onnx.enc"
+INT8_MODEL_FILE = "model.int8.onnx.enc"
+#: The model as trained; every version has it.
+FP32 = "fp32"
+#: Weights quantised to int8 (onnxruntime dynamic quantisation); optional.
+INT8 = "int8"
 PROFILE_FILE = "profile.json"
 METADATA_FILE = "metadata.json"
 SIGNATURE_FILE = "model.sig"
@@ -57,6 +69,8 @@ class ModelVersion:
     lineage: Mapping[str, Any]
     feature_names: tuple[str, ...]
     location: str
+    #: Variant name -> SHA-256 of its plaintext ONNX; ``fp32``'s is ``digest``.
+    variants: Mapping[str, str]
 
     def to_json(self) -> dict[str, Any]:
         """The metadata file's content (the location is where the file is, not in it)."""
@@ -69,21 +83,31 @@ class ModelVersion:
             "metrics": dict(self.metrics),
             "lineage": dict(self.lineage),
             "feature_names": list(self.feature_names),
+            "variants": dict(self.variants),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, location: str) -> ModelVersion:
         try:
+            digest = str(data["digest"])
+            # Absent in metadata written before variants existed: fp32 alone.
+            variants = {str(k): str(v) for k, v in data.get("variants", {FP32: digest}).items()}
+            if variants.get(FP32) != digest:
+                raise ValueError(
+                    f"variants: expected {FP32!r} with the version's digest {digest}, "
+                    f"got {variants.get(FP32)!r}"
+                )
             return cls(
                 model=str(data["model"]),
                 version=int(data["version"]),
-                digest=str(data["digest"]),
+                digest=digest,
                 created=str(data["created"]),
                 region=str(data["region"]),
                 metrics={str(k): float(v) for k, v in data["metrics"].items()},
                 lineage=dict(data["lineage"]),
                 feature_names=tuple(str(n) for n in data["feature_names"]),
                 location=location,
+                variants=variants,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(
@@ -97,8 +121,10 @@ class VerifiedArtifact:
     """A version whose signature, encryption and digest all checked out."""
 
     version: ModelVersion
+    #: The plaintext ONNX of ``variant``.
     onnx_bytes: bytes
     profile: ReferenceProfile
+    variant: str = FP32
 
 
 class ModelRegistry:
@@ -118,10 +144,18 @@ class ModelRegistry:
         metrics: Mapping[str, float],
         lineage: Mapping[str, Any],
         feature_names: Sequence[str],
+        int8_onnx_bytes: bytes | None = None,
     ) -> ModelVersion:
-        """Store a new version (encrypted, signed) and return it; numbers start at 1."""
+        """Store a new version (encrypted, signed) and return it; numbers start at 1.
+
+        ``int8_onnx_bytes``, when given, is stored beside the model as its
+        ``int8`` variant, under the same encryption and the same signature.
+        """
         _check_model_name(model)
-        clean_metrics = _check_inputs(model, onnx_bytes, profile, metrics, lineage, feature_names)
+        models = {FP32: onnx_bytes}
+        if int8_onnx_bytes is not None:
+            models[INT8] = int8_onnx_bytes
+        clean_metrics = _check_inputs(model, models, profile, metrics, lineage, feature_names)
         model_dir = self.root / model
         # Checked before a single byte is written: a refused write leaves nothing.
         self.ctx.policy.check_location(
@@ -144,11 +178,15 @@ class ModelRegistry:
                     lineage=dict(lineage),
                     feature_names=tuple(feature_names),
                     location=final.as_uri(),
+                    variants={
+                        name: hashlib.sha256(data).hexdigest() for name, data in models.items()
+                    },
                 )
                 staging.mkdir()
-                (staging / MODEL_FILE).write_bytes(
-                    encrypt(onnx_bytes, self.keys.key_encryption_key())
-                )
+                for name, data in models.items():
+                    (staging / _variant_file(name)).write_bytes(
+                        encrypt(data, self.keys.key_encryption_key())
+                    )
                 _write_json(staging / PROFILE_FILE, profile.to_json())
                 _write_json(staging / METADATA_FILE, entry.to_json())
                 sign_directory(staging, staging / SIGNATURE_FILE, self.keys)
@@ -168,6 +206,7 @@ class ModelRegistry:
             region=region,
             details={
                 "digest": entry.digest,
+                "variants": sorted(entry.variants),
                 "location": entry.location,
                 "metrics": dict(entry.metrics),
                 "lineage": dict(entry.lineage),
@@ -220,12 +259,13 @@ class ModelRegistry:
             )
         return self._read(model, version)
 
-    def load_verified(self, model: str, version: int) -> VerifiedArtifact:
-        """The version's plaintext ONNX and profile, only if everything checks out.
+    def load_verified(self, model: str, version: int, variant: str = FP32) -> VerifiedArtifact:
+        """The plaintext ONNX of ``variant`` and the profile, only if everything checks out.
 
-        Order matters: the signature is checked first, so no byte of an
-        unverified file is parsed or decrypted.
+        Order matters: the signature (over every file, every variant included)
+        is checked first, so no byte of an unverified file is parsed or decrypted.
         """
+        _variant_file(variant)
         self.get(model, version)
         directory = self._model_dir(model) / str(version)
         try:
@@ -237,14 +277,21 @@ class ModelRegistry:
                     f"{directory} holds the signed metadata of {entry.model!r} version "
                     f"{entry.version}, expected {model!r} version {version}; it was moved"
                 )
+            expected = entry.variants.get(variant)
+            if expected is None:
+                raise RegistryError(
+                    f"{model!r} version {version} has no {variant!r} variant; it has "
+                    f"{', '.join(sorted(entry.variants))}. Load one of those, or leave the "
+                    f"variant out for {FP32!r}"
+                )
             onnx_bytes = decrypt(
-                (directory / MODEL_FILE).read_bytes(), self.keys.key_encryption_key()
+                (directory / _variant_file(variant)).read_bytes(), self.keys.key_encryption_key()
             )
             digest = hashlib.sha256(onnx_bytes).hexdigest()
-            if digest != entry.digest:
+            if digest != expected:
                 raise ArtifactError(
-                    f"{model!r} version {version} decrypts to sha256 {digest}, but its metadata "
-                    f"records {entry.digest}; re-register it"
+                    f"{model!r} version {version} ({variant}) decrypts to sha256 {digest}, but "
+                    f"its metadata records {expected}; re-register it"
                 )
             profile = ReferenceProfile.from_json(_read_json(directory / PROFILE_FILE))
         except ArtifactError as exc:
@@ -259,7 +306,9 @@ class ModelRegistry:
             raise
         except OSError as exc:
             raise ArtifactError(f"cannot read {directory}: {exc}") from exc
-        return VerifiedArtifact(version=entry, onnx_bytes=onnx_bytes, profile=profile)
+        return VerifiedArtifact(
+            version=entry, onnx_bytes=onnx_bytes, profile=profile, variant=variant
+        )
 
     def _model_dir(self, model: str) -> Path:
         if not _MODEL_NAME.match(model):
@@ -273,6 +322,15 @@ class ModelRegistry:
         return ModelVersion.from_json(
             _read_json(directory / METADATA_FILE), location=directory.as_uri()
         )
+
+
+def _variant_file(variant: str) -> str:
+    """The file a variant's encrypted ONNX is kept in."""
+    if variant == FP32:
+        return MODEL_FILE
+    if variant == INT8:
+        return INT8_MODEL_FILE
+    raise RegistryError(f"no model variant {variant!r}: expected {FP32!r} or {INT8!r}")
 
 
 def _version_numbers(model_dir: Path) -> list[int]:
@@ -291,7 +349,7 @@ def _check_model_name(model: str) -> None:
 
 def _check_inputs(
     model: str,
-    onnx_bytes: bytes,
+    models: Mapping[str, bytes],
     profile: ReferenceProfile,
     metrics: Mapping[str, float],
     lineage: Mapping[str, Any],
@@ -299,10 +357,12 @@ def _check_inputs(
 ) -> dict[str, float]:
     """Collect every problem with a registration into one error."""
     problems: list[str] = []
-    try:
-        onnx.checker.check_model(onnx.load_model_from_string(onnx_bytes))
-    except Exception as exc:  # onnx raises protobuf and checker errors alike
-        problems.append(f"onnx_bytes: not a valid ONNX model ({type(exc).__name__})")
+    for variant, onnx_bytes in models.items():
+        argument = "onnx_bytes" if variant == FP32 else f"{variant}_onnx_bytes"
+        try:
+            onnx.checker.check_model(onnx.load_model_from_string(onnx_bytes))
+        except Exception as exc:  # onnx raises protobuf and checker errors alike
+            problems.append(f"{argument}: not a valid ONNX model ({type(exc).__name__})")
     clean: dict[str, float] = {}
     for name, value in metrics.items():
         try:

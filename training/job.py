@@ -29,27 +29,29 @@ from falaj.events import (
     ModelRegistered,
     TrainingCompleted,
     TrainingFailed,
+    TrainingProgress,
     TrainingReason,
+    TrainingStage,
     TrainingStarted,
     make_event,
 )
 from falaj.feature_repo import load_repo
 from falaj.features import FeatureStoreClient, feature_service_name, feature_view_name
 from falaj.logs import configure_logging, get_logger
-from falaj.profile import ReferenceProfile
+from falaj.profile import ReferenceProfile, categorical_columns
 from falaj.publisher import EventPublisher
 from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
 from falaj.settings import Settings
+from falaj.training_job import JobExit
 from training.data import split_by_time
 from training.evaluate import evaluate
 from training.export import export_checked
 from training.lineage import code_commit, definition_digest, training_set_digest
+from training.quantize import int8_variant
 from training.train import TrainConfig, train
 
 ACTOR = "training"
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +59,9 @@ class JobRequest:
     model: str
     reason: TrainingReason
     job_id: str
+    #: The Ray Train run: the job id on a first try; a lost job's on a retry,
+    #: so the retry resumes that run's last checkpoint.
+    run_name: str
 
 
 def parse_args(argv: Sequence[str] | None = None) -> JobRequest:
@@ -66,8 +71,16 @@ def parse_args(argv: Sequence[str] | None = None) -> JobRequest:
         "--reason", required=True, choices=[str(r) for r in TrainingReason], help="why it trains"
     )
     parser.add_argument("--job-id", required=True, help="the Ray job's submission id")
+    parser.add_argument(
+        "--run-name", help="the Ray Train run to start or resume (default: the job id)"
+    )
     args = parser.parse_args(argv)
-    return JobRequest(model=args.model, reason=TrainingReason(args.reason), job_id=args.job_id)
+    return JobRequest(
+        model=args.model,
+        reason=TrainingReason(args.reason),
+        job_id=args.job_id,
+        run_name=args.run_name or args.job_id,
+    )
 
 
 class TrainingJob:
@@ -119,9 +132,11 @@ class TrainingJob:
             )
         except Exception as exc:
             # Every failure, expected or not, ends the same way: announced,
-            # audited, and a non-zero exit that Ray records as FAILED.
-            self.fail(exc)
-            return EXIT_FAILED
+            # audited, and a non-zero exit that Ray records as FAILED. The
+            # code says whether the announcement went out (the launcher
+            # speaks for a job that could not).
+            announced = self.fail(exc)
+            return JobExit.FAILED_ANNOUNCED if announced else JobExit.FAILED_UNANNOUNCED
         self.ctx.audit.record(
             "training.completed",
             actor=ACTOR,
@@ -134,7 +149,7 @@ class TrainingJob:
             },
         )
         self.log.info("training.completed", version=version.version, **dict(version.metrics))
-        return 0
+        return JobExit.SUCCEEDED
 
     def train_and_register(self) -> ModelVersion:
         ctx, request = self.ctx, self.request
@@ -166,11 +181,18 @@ class TrainingJob:
             rows_dropped=data.rows_dropped,
             held_out_from=data.cutoff,
         )
-        trained = train(ctx, data, run_name=request.job_id, config=config)
+        self.progress(TrainingStage.TRAINING, epochs=config.epochs)
+        trained = train(ctx, data, run_name=request.run_name, config=config)
+        self.progress(TrainingStage.EVALUATING, epoch=config.epochs, epochs=config.epochs)
         evaluation = evaluate(data.held_out.labels, trained.model.predict(data.held_out.features))
+        self.progress(TrainingStage.EXPORTING, epoch=config.epochs, epochs=config.epochs)
         exported = export_checked(trained.model, data.held_out.features)
+        int8 = int8_variant(exported.onnx_bytes, data.held_out.features, data.held_out.labels)
+        self.log.info("training.int8", **int8.decision.to_lineage())
         profile = ReferenceProfile.from_columns(
-            data.columns(), predictions=trained.model.predict(data.train.features)
+            data.columns(),
+            predictions=trained.model.predict(data.train.features),
+            categorical=categorical_columns(schema, spec.features),
         )
         registry = ModelRegistry(ctx)
         parent = registry.latest(request.model)
@@ -211,6 +233,8 @@ class TrainingJob:
                 "tolerance": exported.tolerance,
                 "opset": exported.opset,
             },
+            # Kept beside the fp32 model only where it pays (training.quantize).
+            "int8": int8.decision.to_lineage(),
             "ray": {
                 "workers": trained.workers,
                 "device": trained.device,
@@ -219,6 +243,7 @@ class TrainingJob:
             },
             "train_config": {**asdict(config), "hidden": list(config.hidden)},
         }
+        self.progress(TrainingStage.REGISTERING, epoch=config.epochs, epochs=config.epochs)
         return registry.register(
             request.model,
             onnx_bytes=exported.onnx_bytes,
@@ -226,7 +251,24 @@ class TrainingJob:
             metrics=evaluation.metrics(),
             lineage=lineage,
             feature_names=spec.features,
+            int8_onnx_bytes=int8.onnx_bytes if int8.decision.kept else None,
         )
+
+    def progress(self, stage: TrainingStage, *, epoch: int = 0, epochs: int = 0) -> None:
+        """Announce a stage; best effort: a broker that is away must not fail the training."""
+        try:
+            self.emit(
+                EventType.TRAINING_PROGRESS,
+                TrainingProgress(
+                    model=self.request.model,
+                    job_id=self.request.job_id,
+                    stage=stage,
+                    epoch=epoch,
+                    epochs=epochs,
+                ),
+            )
+        except Exception as exc:
+            self.log.warning("training.progress_not_announced", stage=str(stage), error=str(exc))
 
     def emit(self, event_type: EventType, data: EventData) -> None:
         self.publisher.publish(
@@ -235,7 +277,8 @@ class TrainingJob:
             )
         )
 
-    def fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception) -> bool:
+        """Log, audit and announce a failure; True when the broker took the announcement."""
         request = self.request
         reason = f"{type(exc).__name__}: {exc}"
         self.log.error("training.failed", error=reason, error_type=type(exc).__name__)
@@ -255,6 +298,8 @@ class TrainingJob:
         except Exception as publish_error:
             # The failure is audited already; an unreachable broker must not hide it.
             self.log.error("training.failed_not_announced", error=str(publish_error))
+            return False
+        return True
 
 
 def _production_version(ctx: Context, registry: ModelRegistry, model: str) -> ModelVersion | None:
@@ -277,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         # Without settings there is no broker to tell; stderr lands in the Ray job's logs.
         print(f"training job {request.job_id}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return JobExit.CONFIG
     configure_logging(ACTOR, settings.log_level)
     ctx = Context.create(settings, actor=ACTOR)
     with EventPublisher(settings.broker_ingress, token) as publisher:

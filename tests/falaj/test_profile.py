@@ -8,7 +8,20 @@ import numpy as np
 import pytest
 
 from falaj.errors import ArtifactError, SchemaError
-from falaj.profile import PREDICTION, FeatureProfile, ReferenceProfile, psi, psi_scores
+from falaj.feature_repo import load_repo
+from falaj.profile import (
+    OTHER,
+    PREDICTION,
+    TOP_K,
+    CategoryProfile,
+    FeatureProfile,
+    ReferenceProfile,
+    categorical_columns,
+    psi,
+    psi_scores,
+)
+from falaj.schema import ColumnSpec, DType, FeatureSchema
+from falaj.settings import Settings
 
 
 @pytest.fixture
@@ -91,7 +104,7 @@ def test_from_columns_refuses_bad_columns(rng: np.random.Generator) -> None:
 
 
 def test_from_json_refuses_malformed_profiles() -> None:
-    with pytest.raises(ArtifactError, match="format"):
+    with pytest.raises(ArtifactError, match="format 1 or 2, got None"):
         ReferenceProfile.from_json({"features": {}})
     with pytest.raises(ArtifactError, match="proportions"):
         ReferenceProfile.from_json(
@@ -106,3 +119,176 @@ def test_from_json_refuses_malformed_profiles() -> None:
                 "prediction": None,
             }
         )
+
+
+# -- quantiles ----------------------------------------------------------------
+
+
+def test_numeric_profiles_record_quantiles() -> None:
+    profile = FeatureProfile.from_values("x", np.arange(1001.0))
+    assert list(profile.quantiles) == ["p01", "p05", "p25", "p50", "p75", "p95", "p99"]
+    assert profile.quantiles["p01"] == pytest.approx(10.0)
+    assert profile.quantiles["p50"] == pytest.approx(500.0)
+    assert profile.quantiles["p99"] == pytest.approx(990.0)
+
+
+# -- categories ---------------------------------------------------------------
+
+
+def test_categories_keep_the_top_k_by_share_and_pool_the_rest() -> None:
+    # 25 categories: "c00" most frequent (25 rows) down to "c24" (1 row).
+    values = np.array([f"c{i:02d}" for i in range(25) for _ in range(25 - i)])
+    profile = CategoryProfile.from_values("merchant", values)
+    assert TOP_K == 20
+    assert profile.categories == tuple(f"c{i:02d}" for i in range(20))
+    total = values.size
+    assert profile.proportions[0] == pytest.approx(25 / total)
+    # c20..c24 share the last bucket: 5 + 4 + 3 + 2 + 1 rows.
+    assert profile.proportions[-1] == pytest.approx(15 / total)
+    assert sum(profile.proportions) == pytest.approx(1.0)
+
+
+def test_category_ties_are_ordered_by_name() -> None:
+    profile = CategoryProfile.from_values("c", np.array(["b", "a", "c", "a", "b", "c"]))
+    assert profile.categories == ("a", "b", "c")
+    assert profile.proportions[-1] == 0.0
+
+
+def test_category_psi_matches_the_formula_by_hand() -> None:
+    profile = CategoryProfile(name="c", categories=("a", "b"), proportions=(0.5, 0.5, 0.0))
+    values = np.array(["a"] * 8 + ["b"] * 2)
+    expected = (0.8 - 0.5) * np.log(0.8 / 0.5) + (0.2 - 0.5) * np.log(0.2 / 0.5)
+    assert psi(profile, values) == pytest.approx(expected)
+
+
+def test_an_unseen_category_counts_as_other_and_shows_as_drift() -> None:
+    profile = CategoryProfile.from_values("c", np.array(["a", "b"] * 100))
+    assert profile.proportions == (0.5, 0.5, 0.0)
+    assert psi(profile, np.array(["a", "b"] * 50)) == pytest.approx(0.0)
+    # 10% of a category training never saw: its empty bucket counts as EPSILON.
+    unseen = psi(profile, np.array(["a", "b"] * 45 + ["z"] * 10))
+    assert np.isfinite(unseen) and unseen > 0.2
+    with pytest.raises(SchemaError, match="no values among 2"):
+        psi(profile, np.array([None, np.nan], dtype=object))
+
+
+def test_integer_codes_match_whatever_numeric_type_they_come_back_as() -> None:
+    trained = np.array([0, 0, 0, 1], dtype=np.float32)
+    profile = CategoryProfile.from_values("is_foreign", trained)
+    assert profile.categories == ("0", "1")
+    assert psi(profile, np.array([0.0, 0.0, 0.0, 1.0, np.nan])) == pytest.approx(0.0)
+    assert psi(profile, np.array([False, False, False, True])) == pytest.approx(0.0)
+    assert psi(profile, np.array([0, 0, 0, 1], dtype=object)) == pytest.approx(0.0)
+    assert psi(profile, np.array([1.0, 1.0, 1.0, 0.0])) > 1.0
+
+
+def test_from_columns_profiles_strings_booleans_and_named_codes_as_categories(
+    rng: np.random.Generator,
+) -> None:
+    columns = {
+        "amount": rng.lognormal(size=400),
+        "country": rng.choice(["AE", "SA", "OM"], 400),
+        "is_weekend": rng.random(400) < 0.3,
+        "is_foreign": (rng.random(400) < 0.1).astype(np.float32),
+    }
+    profile = ReferenceProfile.from_columns(columns, categorical=("is_foreign",))
+    kinds = {name: type(p).__name__ for name, p in profile.features.items()}
+    assert kinds == {
+        "amount": "FeatureProfile",
+        "country": "CategoryProfile",
+        "is_weekend": "CategoryProfile",
+        "is_foreign": "CategoryProfile",
+    }
+    with pytest.raises(SchemaError, match=r"categorical columns \['hour'\]"):
+        ReferenceProfile.from_columns(columns, categorical=("hour",))
+
+
+def test_psi_scores_use_categories_for_categorical_columns() -> None:
+    reference = {"country": np.array(["AE"] * 50 + ["SA"] * 50), "amount": np.arange(100.0)}
+    profile = ReferenceProfile.from_columns(reference)
+    window = {"country": np.array(["AE"] * 80 + ["SA"] * 20), "amount": np.arange(100.0)}
+    scores = psi_scores(profile, window)
+    expected = (0.8 - 0.5) * np.log(0.8 / 0.5) + (0.2 - 0.5) * np.log(0.2 / 0.5)
+    assert scores["country"] == pytest.approx(expected)
+    assert scores["amount"] == pytest.approx(0.0)
+
+
+def test_profiles_with_categories_and_quantiles_roundtrip_through_json(
+    rng: np.random.Generator,
+) -> None:
+    columns = {"amount": rng.lognormal(size=300), "country": rng.choice(["AE", "SA"], 300)}
+    profile = ReferenceProfile.from_columns(columns, predictions=rng.random(300))
+    stored = json.loads(json.dumps(profile.to_json(), allow_nan=False))
+    assert stored["format"] == 2
+    assert stored["features"]["country"]["kind"] == "categorical"
+    assert stored["features"]["amount"]["quantiles"]["p50"] > 0
+    restored = ReferenceProfile.from_json(stored)
+    assert restored == profile
+    assert isinstance(restored.features["country"], CategoryProfile)
+
+
+def test_a_format_1_profile_as_older_registries_hold_it_still_loads() -> None:
+    stored = {
+        "format": 1,
+        "rows": 10,
+        "features": {"amount": {"edges": [0.0], "proportions": [0.5, 0.5]}},
+        "prediction": {"edges": [0.5], "proportions": [0.9, 0.1]},
+    }
+    profile = ReferenceProfile.from_json(stored)
+    amount = profile.features["amount"]
+    assert isinstance(amount, FeatureProfile)
+    assert amount.quantiles == {}
+    assert psi_scores(profile, {"amount": np.array([-1.0, 1.0])}) == {"amount": 0.0}
+
+
+def test_malformed_categorical_profiles_are_refused() -> None:
+    def stored(feature: object) -> dict[str, object]:
+        return {"format": 2, "rows": 3, "features": {"c": feature}, "prediction": None}
+
+    with pytest.raises(ArtifactError, match="'categories'"):
+        ReferenceProfile.from_json(stored({"kind": "categorical", "proportions": [1.0]}))
+    with pytest.raises(ArtifactError, match=f"proportions \\(the last for '{OTHER}'\\)"):
+        ReferenceProfile.from_json(
+            stored({"kind": "categorical", "categories": ["a"], "proportions": [1.0]})
+        )
+    with pytest.raises(ArtifactError, match="distinct"):
+        CategoryProfile(name="c", categories=("a", OTHER), proportions=(0.5, 0.5, 0.0))
+    with pytest.raises(ArtifactError, match="expected kind 'numeric' or 'categorical'"):
+        ReferenceProfile.from_json(stored({"kind": "ordinal"}))
+
+
+# -- which columns are categorical -----------------------------------------------
+
+
+def test_the_schema_decides_which_columns_are_categorical() -> None:
+    def column(name: str, dtype: DType, **bounds: float) -> ColumnSpec:
+        return ColumnSpec(name=name, dtype=dtype, **bounds)
+
+    schema = FeatureSchema(
+        dataset="t",
+        entity="id",
+        timestamp="ts",
+        label="y",
+        columns=(
+            column("id", DType.STRING),
+            column("ts", DType.TIMESTAMP),
+            column("y", DType.INT, min=0, max=1),
+            column("flag", DType.INT, min=0, max=1),
+            column("code", DType.INT, min=1, max=20),
+            column("hour", DType.INT, min=0, max=23),
+            column("count", DType.INT, min=0),
+            column("ratio", DType.FLOAT, min=0, max=1),
+            column("country", DType.STRING),
+        ),
+    )
+    names = ("flag", "code", "hour", "count", "ratio", "country")
+    assert categorical_columns(schema, names) == ("flag", "code", "country")
+    assert categorical_columns(schema, names, top_k=2) == ("flag", "country")
+
+
+def test_the_fraud_model_profiles_its_flag_as_categories(settings: Settings) -> None:
+    repo = load_repo(settings)
+    spec = repo.model("fraud")
+    schema = repo.dataset(spec.dataset)
+    # Its inputs are numeric; of them only is_foreign is a declared 0/1 code.
+    assert categorical_columns(schema, spec.features) == ("is_foreign",)

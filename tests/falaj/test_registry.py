@@ -12,10 +12,19 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from falaj.artifacts import sign_directory
 from falaj.context import Context
 from falaj.errors import ArtifactError, RegistryError, ResidencyViolation, SignatureInvalid
 from falaj.profile import ReferenceProfile
-from falaj.registry import MODEL_FILE, SIGNATURE_FILE, ModelRegistry
+from falaj.registry import (
+    FP32,
+    INT8,
+    INT8_MODEL_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    ModelRegistry,
+)
 from falaj.settings import Settings
 
 FEATURES = ("amount", "hour")
@@ -220,5 +229,110 @@ def test_bad_registrations_are_refused_with_every_problem(ctx: Context) -> None:
             metrics={},
             lineage={},
             feature_names=FEATURES,
+        )
+    assert registry.models() == []
+
+
+def register_with_int8(registry: ModelRegistry) -> tuple[bytes, bytes]:
+    """A version with an int8 variant; any valid ONNX stands in for the quantised graph."""
+    fp32, int8 = tiny_onnx(), tiny_onnx((0.5, -0.5))
+    registry.register(
+        "fraud",
+        onnx_bytes=fp32,
+        profile=profile(),
+        metrics={"auc": 0.91},
+        lineage={"training_job_id": "job-1"},
+        feature_names=FEATURES,
+        int8_onnx_bytes=int8,
+    )
+    return fp32, int8
+
+
+def test_an_int8_variant_is_stored_encrypted_and_loaded_by_name(ctx: Context) -> None:
+    registry = ModelRegistry(ctx)
+    fp32, int8 = register_with_int8(registry)
+    entry = registry.get("fraud", 1)
+    assert entry.variants == {
+        FP32: hashlib.sha256(fp32).hexdigest(),
+        INT8: hashlib.sha256(int8).hexdigest(),
+    }
+    assert entry.digest == entry.variants[FP32]
+    assert int8 not in (ctx.paths.registry / "fraud" / "1" / INT8_MODEL_FILE).read_bytes()
+
+    loaded = registry.load_verified("fraud", 1, variant=INT8)
+    assert (loaded.variant, loaded.onnx_bytes) == (INT8, int8)
+    assert loaded.profile == profile()
+    default = registry.load_verified("fraud", 1)
+    assert (default.variant, default.onnx_bytes) == (FP32, fp32)
+    registered = [e for e in ctx.audit.entries() if e["action"] == "model.registered"]
+    assert registered[-1]["details"]["variants"] == [FP32, INT8]
+
+
+def test_a_missing_or_unknown_variant_is_refused_with_what_exists(ctx: Context) -> None:
+    registry = ModelRegistry(ctx)
+    register(registry)
+    assert registry.get("fraud", 1).variants.keys() == {FP32}
+    assert not (ctx.paths.registry / "fraud" / "1" / INT8_MODEL_FILE).exists()
+    with pytest.raises(RegistryError, match="has no 'int8' variant; it has fp32"):
+        registry.load_verified("fraud", 1, variant=INT8)
+    with pytest.raises(RegistryError, match="no model variant 'fp16'"):
+        registry.load_verified("fraud", 1, variant="fp16")
+
+
+@pytest.mark.parametrize("variant", [FP32, INT8])
+def test_a_flipped_byte_in_the_int8_file_fails_verification(ctx: Context, variant: str) -> None:
+    registry = ModelRegistry(ctx)
+    register_with_int8(registry)
+    encrypted = ctx.paths.registry / "fraud" / "1" / INT8_MODEL_FILE
+    data = bytearray(encrypted.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    encrypted.write_bytes(bytes(data))
+    # One signature covers the directory: a tampered variant refuses the whole version.
+    with pytest.raises(SignatureInvalid, match=r"model\.int8\.onnx\.enc"):
+        registry.load_verified("fraud", 1, variant=variant)
+    refused = [e for e in ctx.audit.entries() if e["action"] == "model.refused"]
+    assert refused and refused[-1]["resource"] == "model/fraud/1"
+
+
+def test_metadata_written_before_variants_loads_as_fp32_alone(ctx: Context) -> None:
+    registry = ModelRegistry(ctx)
+    onnx_bytes = tiny_onnx()
+    register(registry, onnx_bytes)
+    # Rewrite the version as the registry wrote it before variants existed, signed.
+    directory = ctx.paths.registry / "fraud" / "1"
+    metadata = json.loads((directory / METADATA_FILE).read_text())
+    del metadata["variants"]
+    (directory / METADATA_FILE).write_text(json.dumps(metadata))
+    sign_directory(directory, directory / SIGNATURE_FILE, registry.keys)
+
+    entry = registry.get("fraud", 1)
+    assert entry.variants == {FP32: hashlib.sha256(onnx_bytes).hexdigest()}
+    assert registry.load_verified("fraud", 1).onnx_bytes == onnx_bytes
+    with pytest.raises(RegistryError, match="no 'int8' variant"):
+        registry.load_verified("fraud", 1, variant=INT8)
+
+
+def test_metadata_whose_variants_disagree_with_its_digest_is_malformed(ctx: Context) -> None:
+    registry = ModelRegistry(ctx)
+    register(registry)
+    directory = ctx.paths.registry / "fraud" / "1"
+    metadata = json.loads((directory / METADATA_FILE).read_text())
+    metadata["variants"][FP32] = "0" * 64
+    (directory / METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(ArtifactError, match=r"malformed.*variants"):
+        registry.get("fraud", 1)
+
+
+def test_an_invalid_int8_variant_is_refused_before_writing(ctx: Context) -> None:
+    registry = ModelRegistry(ctx)
+    with pytest.raises(ArtifactError, match="int8_onnx_bytes: not a valid ONNX model"):
+        registry.register(
+            "fraud",
+            onnx_bytes=tiny_onnx(),
+            profile=profile(),
+            metrics={},
+            lineage={},
+            feature_names=FEATURES,
+            int8_onnx_bytes=b"not onnx",
         )
     assert registry.models() == []

@@ -17,11 +17,13 @@ from falaj.demo.data import generate_transactions
 from falaj.events import EventType, TrainingReason
 from falaj.feature_repo import load_repo
 from falaj.features import FeatureStoreClient
-from falaj.runtime.processes import ManagedProcess
+from falaj.runtime.processes import ManagedProcess, free_port
 from falaj.schema import load_schema
+from falaj.settings import Settings
+from falaj.training_job import JobExit
 from falaj.validation import validate_frame
 from tests.support.event_sink import EventSink
-from training.job import EXIT_FAILED, parse_args
+from training.job import parse_args
 
 
 def test_arguments_name_the_model_reason_and_job() -> None:
@@ -31,6 +33,12 @@ def test_arguments_name_the_model_reason_and_job() -> None:
         TrainingReason.DRIFT,
         "train-fraud-1",
     )
+    # A first try's Ray Train run is its own; a retry names the lost job's run to resume.
+    assert request.run_name == "train-fraud-1"
+    retry = parse_args(
+        ["--model", "fraud", "--reason", "drift", "--job-id", "j2", "--run-name", "train-fraud-1"]
+    )
+    assert (retry.job_id, retry.run_name) == ("j2", "train-fraud-1")
 
 
 def test_an_unknown_reason_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,6 +74,31 @@ def nan_features(ctx: Context) -> None:
     stored(ctx, half_without_amount)
 
 
+def run_job(settings: Settings, job_id: str, log_path: Path) -> int:
+    """Run ``python -m training.job`` as Ray would, and return its exit code."""
+    job = ManagedProcess(
+        name="training-job",
+        argv=[
+            sys.executable,
+            "-m",
+            "training.job",
+            "--model",
+            "fraud",
+            "--reason",
+            "manual",
+            "--job-id",
+            job_id,
+        ],
+        env={"PATH": "/usr/bin:/bin", **settings.to_env()},
+        log_path=log_path,
+    ).start()
+    try:
+        assert job.popen is not None
+        return job.popen.wait(timeout=120)
+    finally:
+        job.stop()
+
+
 @pytest.mark.parametrize(
     ("seed", "error", "reason"),
     [
@@ -91,28 +124,8 @@ def test_a_job_that_cannot_train_fails_announces_it_audits_it_and_registers_noth
         update={"broker_url": event_sink.url, "token_file": token_file}
     )
     job_id = "train-fraud-empty"
-    job = ManagedProcess(
-        name="training-job",
-        argv=[
-            sys.executable,
-            "-m",
-            "training.job",
-            "--model",
-            "fraud",
-            "--reason",
-            "manual",
-            "--job-id",
-            job_id,
-        ],
-        env={"PATH": "/usr/bin:/bin", **settings.to_env()},
-        log_path=tmp_path / "job.log",
-    ).start()
-    try:
-        assert job.popen is not None
-        code = job.popen.wait(timeout=120)
-    finally:
-        job.stop()
-    assert code == EXIT_FAILED, job.tail()
+    code = run_job(settings, job_id, tmp_path / "job.log")
+    assert code == JobExit.FAILED_ANNOUNCED, (tmp_path / "job.log").read_text()
 
     events = event_sink.wait_for(
         EventType.TRAINING_STARTED, EventType.TRAINING_FAILED, job_id=job_id
@@ -132,3 +145,15 @@ def test_a_job_that_cannot_train_fails_announces_it_audits_it_and_registers_noth
     assert entry["details"]["job_id"] == job_id
     assert error in entry["details"]["error"]
     assert not (ctx.paths.registry / "fraud").exists()
+
+
+def test_a_failure_the_broker_did_not_take_exits_with_its_own_code(
+    ctx: Context, tmp_path: Path
+) -> None:
+    # Nobody listens at the broker's address: the failure is audited, and the
+    # exit code tells the launcher to announce it instead.
+    settings = ctx.settings.model_copy(update={"broker_url": f"http://127.0.0.1:{free_port()}"})
+    code = run_job(settings, "train-fraud-unheard", tmp_path / "job.log")
+    assert code == JobExit.FAILED_UNANNOUNCED, (tmp_path / "job.log").read_text()
+    [entry] = [e for e in AuditLog(ctx.paths.audit).entries() if e["action"] == "training.failed"]
+    assert entry["details"]["job_id"] == "train-fraud-unheard"
