@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -106,6 +106,11 @@ class Settings(BaseModel):
         default=None,
         description="whether Ray Train workers use a GPU each; unset, the job looks for CUDA "
         "where its driver runs (on a cluster the launcher sets it from the worker pool)",
+    )
+    training_backend: Literal["ray", "kuberay"] = Field(
+        default="ray",
+        description="where training jobs run: ray (the Ray Jobs API at ray_address) or kuberay "
+        "(a RayJob per run, through the Kubernetes API of the pod's service account)",
     )
     training_max_concurrent: int = Field(
         default=1,

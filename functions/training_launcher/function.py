@@ -57,7 +57,16 @@ from falaj.residency import Boundary
 from falaj.settings import write_secrets_file
 from falaj.training_job import MAX_ATTEMPTS, JobExit
 from falaj.training_runs import TrainingJobs, TrainingRequest, TrainingRun
-from functions.training_launcher.ray_jobs import JOB_SECRETS, LOST, JobState, RayJobs, job_spec
+from functions.training_launcher.kuberay import KubeRayJobs, in_cluster_api_client
+from functions.training_launcher.ray_jobs import (
+    JOB_SECRETS,
+    LOST,
+    JobsBackend,
+    JobState,
+    RayJobs,
+    job_spec,
+)
+from functions.training_launcher.rayjob import cluster_target, load_template
 
 #: The job's own events: they report its progress and its end.
 JOB_EVENTS = frozenset(
@@ -85,7 +94,7 @@ class TrainingLauncherFunction(CloudEventFunction):
     def __init__(self, *, watch: bool = True) -> None:
         super().__init__()
         self._jobs: TrainingJobs | None = None
-        self._ray: RayJobs | None = None
+        self._ray: JobsBackend | None = None
         self._registry: ModelRegistry | None = None
         self._repo: FeatureRepo | None = None
         self._token_file: Path | None = None
@@ -100,7 +109,7 @@ class TrainingLauncherFunction(CloudEventFunction):
     def on_start(self) -> None:
         settings = self.ctx.settings
         self._jobs = TrainingJobs(self.ctx.paths.training)
-        self._ray = RayJobs(settings.ray_jobs_address)
+        self._ray = self._jobs_backend()
         self._registry = ModelRegistry(self.ctx)
         self._repo = load_repo(settings)
         self._token_file = settings.token_file
@@ -121,6 +130,18 @@ class TrainingLauncherFunction(CloudEventFunction):
             )
             self._watcher.start()
 
+    def _jobs_backend(self) -> JobsBackend:
+        """The Ray Jobs API of a head (local, ``falaj up``), or KubeRay on a cluster."""
+        settings = self.ctx.settings
+        if settings.training_backend == "kuberay":
+            return KubeRayJobs(
+                in_cluster_api_client(),
+                target=cluster_target(settings),
+                template=load_template(settings.manifests_dir),
+                policy=self.ctx.policy,
+            )
+        return RayJobs(settings.ray_jobs_address)
+
     @property
     def jobs(self) -> TrainingJobs:
         if self._jobs is None:
@@ -132,6 +153,9 @@ class TrainingLauncherFunction(CloudEventFunction):
         if self._watcher is not None:
             self._watcher.join()
             self._watcher = None
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = None
         if self._jobs is not None:
             self._jobs.close()
             self._jobs = None
@@ -426,7 +450,7 @@ class TrainingLauncherFunction(CloudEventFunction):
             # Its end frees the model: the pending request need not wait for the watcher.
             self._reconcile(data.model, datetime.now(UTC))
 
-    def _ray_jobs(self) -> RayJobs:
+    def _ray_jobs(self) -> JobsBackend:
         if self._ray is None:
             raise FalajError(f"function {self.name} used before start()")
         return self._ray

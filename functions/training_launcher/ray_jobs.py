@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from ray.job_submission import JobSubmissionClient
@@ -120,6 +120,16 @@ def job_env(
     return env
 
 
+class JobsBackend(Protocol):
+    """Where training jobs run: a Ray head's Jobs API, or KubeRay (``kuberay.KubeRayJobs``)."""
+
+    def submit(self, spec: JobSpec) -> str: ...
+
+    def state(self, job_id: str) -> JobState: ...
+
+    def close(self) -> None: ...
+
+
 class RayJobs:
     """A thin boundary over ``JobSubmissionClient``: Ray's errors become ``JobSubmissionFailed``."""
 
@@ -172,6 +182,9 @@ class RayJobs:
                 f"cannot reach the Ray Jobs API at {self.address} to read training job "
                 f"{job_id}: {_short(exc)}; is the Ray head running ('falaj up')?"
             ) from exc
+
+    def close(self) -> None:
+        self._client = None
 
     def _connected(self) -> JobSubmissionClient:
         # Connecting checks the head's version over HTTP, so it is done on the

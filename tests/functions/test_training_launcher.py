@@ -229,6 +229,9 @@ class RayThatRuns:
     def state(self, job_id: str) -> JobState:
         return self.states[job_id]
 
+    def close(self) -> None:
+        pass
+
     def end(
         self, job_id: str, status: str, exit_code: int | None = None, message: str = ""
     ) -> None:
