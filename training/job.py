@@ -44,6 +44,7 @@ from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
 from falaj.settings import Settings
 from falaj.training_job import JobExit
+from training.compare import compare_with_production
 from training.data import split_by_time
 from training.evaluate import evaluate
 from training.export import export_checked
@@ -197,6 +198,15 @@ class TrainingJob:
         registry = ModelRegistry(ctx)
         parent = registry.latest(request.model)
         production = _production_version(ctx, registry, request.model)
+        comparison = None
+        if production is not None and production.feature_names == spec.features:
+            # Verified before it is loaded, like every artifact; scored on our rows.
+            comparison = compare_with_production(
+                evaluation,
+                registry.load_verified(request.model, production.version),
+                data.held_out,
+            )
+            self.log.info("training.compared", **comparison.to_lineage())
         lineage: dict[str, Any] = {
             "training_job_id": request.job_id,
             "reason": str(request.reason),
@@ -227,6 +237,8 @@ class TrainingJob:
             "parent_version": None if parent is None else parent.version,
             "production_version": None if production is None else production.version,
             "production_metrics": None if production is None else dict(production.metrics),
+            # The production model scored on this version's held-out rows, and the verdict.
+            "compared_with_production": None if comparison is None else comparison.to_lineage(),
             "onnx_parity": {
                 "max_abs_diff": exported.max_abs_diff,
                 "rows_checked": exported.rows_checked,
