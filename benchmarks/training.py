@@ -1,16 +1,33 @@
 """Training: Ray TorchTrainer (2 workers) against a plain single-process torch loop.
 
 The same network (the fraud model's MLP), rows, batch size, optimizer, seed and
-epochs, in one run. Each side times its epochs itself (the Ray workers report
-theirs with the final checkpoint); the first epoch warms caches up, so an
-epoch's time is the mean of the others. Ray's fixed start-up is the rest of its
-run: the worker group, torch's process group, moving the rows to the workers,
-the checkpoint. ``ray.init`` is timed apart: a running head, as ``falaj up``
-keeps one, has paid it already.
+epochs, in one run. Every process steps on ``batch_size`` rows: the plain loop
+through all the rows; each of Ray's 2 workers through its half, averaging its
+gradients with the other's (DDP's all-reduce) before every step. So Ray takes
+half the optimiser steps an epoch, each on twice the rows, as ``training.train``
+always does; each of its steps pays the all-reduce.
 
-- ``ray_epoch_overhead_ratio``: Ray's seconds per epoch / the plain loop's
-  (2 workers each take half the rows, and synchronise gradients every batch).
+Each side times its epochs itself (Ray's rank 0 returns its timings with the
+model); an epoch of Ray's includes the checkpoints the default ``TrainConfig``
+takes (after every epoch, but no sooner than 2 s after the last one). The first
+epoch warms caches up, so an epoch's time is the mean of the others. Ray's fixed
+start-up is the rest of its run: the controller, the worker group, torch's
+process group, moving the rows to the workers, the teardown. ``ray.init`` is
+timed apart: a running head, as ``falaj up`` keeps one, has paid it already.
+
+- ``ray_epoch_overhead_ratio``: Ray's seconds per epoch / the plain loop's.
 - ``ray_startup_s``: Ray's fixed seconds per training run.
+- ``ray_checkpoint_s``: the mean seconds of one checkpoint (rank 0 saves the
+  weights and optimizer state; Ray's report copies them into the run's storage).
+
+The plain loop's model is then exported and quantised to int8, and both ONNX
+files are run on the held-out rows (``training.quantize``, single-threaded
+sessions, best of ``REPEATS`` runs each, taking turns):
+
+- ``int8_size_ratio``, ``int8_latency_ratio``: int8 / fp32 bytes and seconds
+  (``int8_latency_ms`` has both latencies, fp32's as the peer);
+- ``int8_auc_delta_points``: the held-out AUC of int8 minus fp32's, in points;
+- ``int8_kept``: 1 when the variant would be registered beside fp32, else 0.
 """
 
 from __future__ import annotations
@@ -34,7 +51,9 @@ from falaj.schema import load_schema
 from falaj.settings import Settings
 from falaj.validation import validate_frame
 from training.data import TrainingData, split_by_time
-from training.model import NetworkSpec, Standardisation, TabularMLP
+from training.export import export_checked
+from training.model import NetworkSpec, ProbabilityModel, Standardisation, TabularMLP
+from training.quantize import REPEATS, int8_variant
 from training.train import TrainConfig, train
 
 
@@ -58,8 +77,8 @@ def training_data(rows: int) -> TrainingData:
     )
 
 
-def plain_loop(data: TrainingData, config: TrainConfig) -> tuple[float, float]:
-    """(whole run, one epoch after the first) in seconds, in this process alone."""
+def plain_loop(data: TrainingData, config: TrainConfig) -> tuple[float, float, ProbabilityModel]:
+    """(whole run, one epoch after the first) in seconds, in this process alone; the model."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     features = torch.from_numpy(data.train.features)
@@ -82,15 +101,57 @@ def plain_loop(data: TrainingData, config: TrainConfig) -> tuple[float, float]:
             loss.backward()
             optimizer.step()
         epochs.append(time.perf_counter() - epoch_started)
-    return time.perf_counter() - started, float(np.mean(epochs[1:] or epochs))
+    took = time.perf_counter() - started
+    return took, float(np.mean(epochs[1:] or epochs)), ProbabilityModel(model)
 
 
-def ray_run(ctx: Context, data: TrainingData, config: TrainConfig) -> tuple[float, float, float]:
-    """(whole run, the epochs in it, one epoch after the first) in seconds."""
+def int8_rows(model: ProbabilityModel, data: TrainingData, *, repeats: int = REPEATS) -> list[Row]:
+    """The int8 variant of ``model`` against its fp32 export, on the held-out rows."""
+    exported = export_checked(model, data.held_out.features)
+    decision = int8_variant(
+        exported.onnx_bytes, data.held_out.features, data.held_out.labels, repeats=repeats
+    ).decision
+    print(
+        f"int8 on {data.held_out.rows:,} held-out rows: {decision.size_bytes:,} bytes "
+        f"(fp32 {decision.fp32_size_bytes:,}), {decision.latency_s * 1e3:.3f} ms "
+        f"(fp32 {decision.fp32_latency_s * 1e3:.3f} ms); {decision.reason}"
+    )
+    return [
+        Row(metric="int8_size_ratio", value=round(decision.size_ratio, 3), unit="x"),
+        Row(metric="int8_latency_ratio", value=round(decision.latency_ratio, 3), unit="x"),
+        Row(
+            metric="int8_latency_ms",
+            value=round(decision.latency_s * 1e3, 4),
+            unit="ms",
+            peer="fp32_onnx",
+            peer_value=round(decision.fp32_latency_s * 1e3, 4),
+        ),
+        Row(
+            metric="int8_auc_delta_points", value=round(decision.auc_delta * 100, 3), unit="points"
+        ),
+        Row(metric="int8_kept", value=float(decision.kept), unit="bool"),
+    ]
+
+
+@dataclass(frozen=True)
+class RayTimes:
+    """Seconds: the whole run, the epochs in it, one epoch after the first, one checkpoint."""
+
+    total: float
+    epochs: float
+    epoch: float
+    checkpoint: float
+
+
+def ray_run(ctx: Context, data: TrainingData, config: TrainConfig) -> RayTimes:
     started = time.perf_counter()
     trained = train(ctx, data, run_name=f"bench-{config.epochs}", config=config)
-    took = time.perf_counter() - started
-    return took, trained.metrics["epochs_s"], trained.metrics["epoch_s_steady"]
+    return RayTimes(
+        total=time.perf_counter() - started,
+        epochs=trained.metrics["epochs_s"],
+        epoch=trained.metrics["epoch_s_steady"],
+        checkpoint=trained.metrics["checkpoint_s"],
+    )
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -99,7 +160,8 @@ def run(quick: bool = False) -> list[Row]:
     sizes = QUICK if quick else FULL
     data = training_data(sizes.rows)
     config = TrainConfig(epochs=sizes.epochs)
-    plain_total, plain_epoch = plain_loop(data, config)
+    plain_total, plain_epoch, plain_model = plain_loop(data, config)
+    quantised = int8_rows(plain_model, data)
     with tempfile.TemporaryDirectory(prefix="falaj-bench-training-") as tmp:
         ctx = Context.create(Settings(home=Path(tmp) / ".falaj"), actor="benchmark")
         # As the platform's own head runs: no auth token file, no usage reporting.
@@ -114,21 +176,23 @@ def run(quick: bool = False) -> list[Row]:
         )
         init_s = time.perf_counter() - started
         try:
-            ray_total, ray_epochs, ray_epoch = ray_run(ctx, data, config)
+            times = ray_run(ctx, data, config)
         finally:
             ray.shutdown()
     samples = data.train.rows
     print(
         f"{samples:,} rows, {sizes.epochs} epochs: plain loop {plain_total:.2f} s "
-        f"({plain_epoch:.3f} s an epoch); Ray {ray_total:.2f} s, of which epochs "
-        f"{ray_epochs:.2f} s ({ray_epoch:.3f} s an epoch); ray.init {init_s:.1f} s"
+        f"({plain_epoch:.3f} s an epoch); Ray {times.total:.2f} s, of which epochs "
+        f"{times.epochs:.2f} s ({times.epoch:.3f} s an epoch, a checkpoint "
+        f"{times.checkpoint:.3f} s); ray.init {init_s:.1f} s"
     )
     return [
-        Row(metric="ray_epoch_overhead_ratio", value=round(ray_epoch / plain_epoch, 3), unit="x"),
-        Row(metric="ray_startup_s", value=round(ray_total - ray_epochs, 2), unit="s"),
+        Row(metric="ray_epoch_overhead_ratio", value=round(times.epoch / plain_epoch, 3), unit="x"),
+        Row(metric="ray_startup_s", value=round(times.total - times.epochs, 2), unit="s"),
+        Row(metric="ray_checkpoint_s", value=round(times.checkpoint, 4), unit="s"),
         Row(
             metric="ray_epoch_s",
-            value=round(ray_epoch, 4),
+            value=round(times.epoch, 4),
             unit="s",
             peer="plain_torch_loop",
             peer_value=round(plain_epoch, 4),
@@ -136,9 +200,10 @@ def run(quick: bool = False) -> list[Row]:
         Row(metric="ray_init_s", value=round(init_s, 2), unit="s"),
         Row(
             metric="ray_samples_per_s",
-            value=round(samples / ray_epoch),
+            value=round(samples / times.epoch),
             unit="samples/s",
             peer="plain_torch_loop",
             peer_value=round(samples / plain_epoch),
         ),
+        *quantised,
     ]

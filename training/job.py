@@ -49,6 +49,7 @@ from training.data import split_by_time
 from training.evaluate import evaluate
 from training.export import export_checked
 from training.lineage import code_commit, definition_digest, training_set_digest
+from training.progress import ProgressTarget
 from training.quantize import int8_variant
 from training.train import TrainConfig, train
 
@@ -183,7 +184,13 @@ class TrainingJob:
             held_out_from=data.cutoff,
         )
         self.progress(TrainingStage.TRAINING, epochs=config.epochs)
-        trained = train(ctx, data, run_name=request.run_name, config=config)
+        trained = train(
+            ctx,
+            data,
+            run_name=request.run_name,
+            config=config,
+            progress=ProgressTarget(model=request.model, job_id=request.job_id),
+        )
         self.progress(TrainingStage.EVALUATING, epoch=config.epochs, epochs=config.epochs)
         evaluation = evaluate(data.held_out.labels, trained.model.predict(data.held_out.features))
         self.progress(TrainingStage.EXPORTING, epoch=config.epochs, epochs=config.epochs)
@@ -251,6 +258,9 @@ class TrainingJob:
                 "workers": trained.workers,
                 "device": trained.device,
                 "checkpoint": trained.checkpoint,
+                "run_name": request.run_name,
+                # Set when this job resumed a run that failed or was lost.
+                "resumed_from_epoch": trained.resumed_from_epoch,
                 "train_loss": trained.metrics.get("train_loss"),
             },
             "train_config": {**asdict(config), "hidden": list(config.hidden)},

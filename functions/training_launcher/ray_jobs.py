@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import requests
 from ray.job_submission import JobSubmissionClient
 
+from falaj.runtime.ray_head import RAY_TRAIN_ENV
 from falaj.settings import ENV_PREFIX, PROJECT_ROOT, SECRET_SETTINGS, Settings
 from falaj.training_runs import TrainingRequest
 from functions.training_launcher.errors import JobSubmissionFailed
@@ -114,6 +115,7 @@ def job_env(
     # job's own ray.init must not expect a token the head never issued.
     env["RAY_AUTH_MODE"] = "disabled"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(RAY_TRAIN_ENV)
     # The job's working directory is a Ray temp dir; the project root on the
     # path makes `-m training.job` import even where it is not installed.
     env["PYTHONPATH"] = str(PROJECT_ROOT)

@@ -779,11 +779,22 @@ def test_events_train_versions_on_ray_one_job_at_a_time(
             EventType.MODEL_REGISTERED,
             job_id=first.job_id,
         )
-        assert [e.type for e in events] == [
+        lifecycle = [e.type for e in events if e.type != EventType.TRAINING_PROGRESS]
+        assert lifecycle == [
             EventType.TRAINING_STARTED,
             EventType.TRAINING_COMPLETED,
             EventType.MODEL_REGISTERED,
         ]
+        # Between them, the job's stages and every epoch, in order.
+        progress = [e.data for e in events if e.type == EventType.TRAINING_PROGRESS]
+        epochs = v1.lineage["train_config"]["epochs"]
+        assert [p["epoch"] for p in progress if p["stage"] == "training"] == list(range(epochs + 1))
+        assert [p["stage"] for p in progress if p["stage"] != "training"] == [
+            "evaluating",
+            "exporting",
+            "registering",
+        ]
+        assert v1.lineage["ray"]["resumed_from_epoch"] is None
         assert events[-1].data["digest"] == v1.digest
         assert {e.authorization for e in events} == {f"Bearer {token}"}
 
