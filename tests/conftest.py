@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from falaj.context import Context
+from falaj.manifest_schemas import SchemaStore
 from falaj.runtime.processes import ManagedProcess, free_port
 from falaj.runtime.ray_head import RayHeadConfig, start_ray_head
 from falaj.settings import Settings
@@ -43,6 +44,18 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         head.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> SchemaStore:
+    # Converted schemas are kept in pytest's cache folder between runs (the
+    # KServe and KubeRay CRDs cost seconds to parse); without the cache plugin,
+    # in a session temp folder.
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("falaj-schemas") if cache is not None else tmp_path_factory.mktemp("s")
+    return SchemaStore(cache_dir=Path(folder))
 
 
 @pytest.fixture

@@ -56,16 +56,6 @@ CPU_POOL = WorkerPool(region="uaecentral", workers=4)
 
 
 @pytest.fixture(scope="module")
-def schemas(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> SchemaStore:
-    # The same cache folder as tests/manifests: the KubeRay CRD costs seconds to parse.
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("falaj-schemas") if cache is not None else tmp_path_factory.mktemp("s")
-    return SchemaStore(cache_dir=Path(folder))
-
-
-@pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     return load_template(Settings().manifests_dir)
 
@@ -122,11 +112,11 @@ def plain(entries: Any) -> list[Any]:
 
 
 def test_a_cpu_pool_body_validates_strictly_against_the_kuberay_crd(
-    schemas: SchemaStore, template: dict[str, Any], spec: JobSpec
+    schema_store: SchemaStore, template: dict[str, Any], spec: JobSpec
 ) -> None:
     body = rayjob_body(spec, template, ClusterTarget(pool=CPU_POOL))
 
-    assert schemas.validate(body, strict=True) == []
+    assert schema_store.validate(body, strict=True) == []
     group = worker_group(body)
     assert group["groupName"] == "cpu-workers"
     assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 4, 4)
@@ -137,14 +127,14 @@ def test_a_cpu_pool_body_validates_strictly_against_the_kuberay_crd(
 
 
 def test_a_gpu_pool_body_asks_for_gpus_on_the_in_region_pool_and_tolerates_spot_workers(
-    schemas: SchemaStore, template: dict[str, Any], spec: JobSpec
+    schema_store: SchemaStore, template: dict[str, Any], spec: JobSpec
 ) -> None:
     target = ClusterTarget(
         pool=GPU_POOL, ttl_seconds_after_finished=120, active_deadline_seconds=5400, backoff_limit=3
     )
     body = rayjob_body(spec, template, target)
 
-    assert schemas.validate(body, strict=True) == []
+    assert schema_store.validate(body, strict=True) == []
     assert {key: body["spec"][key] for key in ("suspend", "shutdownAfterJobFinishes")} == {
         "suspend": False,
         "shutdownAfterJobFinishes": True,
@@ -410,7 +400,7 @@ class MakeJobs(Protocol):
 
 
 @pytest.fixture
-def make_jobs(ctx: Context, schemas: SchemaStore) -> Iterator[MakeJobs]:
+def make_jobs(ctx: Context, schema_store: SchemaStore) -> Iterator[MakeJobs]:
     """``KubeRayJobs`` against ``host``, with a bearer token as in a pod; closed at the end."""
     made: list[KubeRayJobs] = []
 
@@ -421,7 +411,7 @@ def make_jobs(ctx: Context, schemas: SchemaStore) -> Iterator[MakeJobs]:
             target=ClusterTarget(pool=pool, namespace=NAMESPACE),
             template=template,
             policy=ctx.policy,
-            schemas=schemas,
+            schemas=schema_store,
             timeout_s=5.0,
         )
         made.append(jobs)
@@ -436,7 +426,7 @@ def test_submit_sends_the_validated_body(
     fake_api: tuple[FakeKubernetes, str],
     make_jobs: MakeJobs,
     template: dict[str, Any],
-    schemas: SchemaStore,
+    schema_store: SchemaStore,
     spec: JobSpec,
 ) -> None:
     fake, host = fake_api
@@ -448,7 +438,7 @@ def test_submit_sends_the_validated_body(
     assert (seen.method, seen.path, seen.query) == ("POST", RAYJOBS, "fieldValidation=Strict")
     expected = rayjob_body(spec, template, ClusterTarget(pool=GPU_POOL, namespace=NAMESPACE))
     assert seen.body == expected
-    assert schemas.validate(seen.body, strict=True) == []
+    assert schema_store.validate(seen.body, strict=True) == []
     # The server holds it now; with no status yet, the run is pending.
     assert jobs.state(JOB_ID).status == "PENDING"
 

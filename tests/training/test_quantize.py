@@ -12,6 +12,7 @@ from torch.nn import functional
 
 from benchmarks.training import int8_rows
 from falaj.errors import ConfigError
+from tests.support.models import sample_rows
 from training.data import LabelledRows, TrainingData
 from training.export import onnx_predict, to_onnx
 from training.model import NetworkSpec, ProbabilityModel, Standardisation, TabularMLP
@@ -36,17 +37,8 @@ MEAN_OUTPUT_DIFF = 0.01
 
 def rows(rng: np.random.Generator, n: int) -> LabelledRows:
     """Six features on raw scales, as the fraud model's; the label follows two of them."""
-    features = np.column_stack(
-        [
-            rng.lognormal(5.0, 1.0, n),
-            rng.integers(0, 24, n),
-            rng.exponential(50.0, n),
-            rng.integers(0, 3000, n),
-            rng.poisson(3.0, n),
-            rng.integers(0, 2, n),
-        ]
-    ).astype(np.float32)
-    logit = 1.5 * (np.log(features[:, 0]) - 5.0) + 2.0 * features[:, 5] - 1.0
+    features = sample_rows(n, seed=int(rng.integers(0, 2**31)))
+    logit = 1.5 * (np.log(features[:, 0]) - 3.5) + 2.0 * features[:, 5] - 1.0
     labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
     return LabelledRows(features, labels)
 
