@@ -120,7 +120,10 @@ def test_split_headers_auth_payload_log_and_a_refused_canary(
     assert register(ctx, WEIGHTS_V2) == 2
     assert register(ctx, WEIGHTS_V1) == 3
     tampered = ctx.paths.registry / "fraud" / "3" / MODEL_FILE
-    tampered.write_bytes(tampered.read_bytes()[:-1] + b"\x00")
+    # Flipped, not overwritten: an overwrite with 0 changes nothing when the last
+    # byte (the random GCM tag's) is 0 already, one run in 256.
+    sealed = tampered.read_bytes()
+    tampered.write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 0xFF]))
     store = DeploymentStore(ctx)
     store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=10))
 
