@@ -8,13 +8,18 @@ model's traffic split — the canary gets ``canary_percent`` of the requests,
 drawn with the router's own random generator — and answered with the
 predictor's own response plus ``x-falaj-model-version`` and
 ``x-falaj-variant``. ``x-falaj-version: N`` pins a served version (debugging).
-When the chosen version cannot serve (refused artifact, still starting), the
-other version of the split answers, so one bad version never takes the model
-down. Health endpoints are open, as kubelet probes carry no token.
+``x-falaj-ab-key: K`` makes the assignment sticky for an A/B test: the draw is a
+hash of the key, the model and the canary version (the experiment), so the
+same key always meets the same variant while that canary runs, on every router
+replica. When the chosen version cannot serve (refused artifact, still
+starting), the other version of the split answers, so one bad version never
+takes the model down; a sticky key does not move, it gets a 503 instead, so
+the experiment's groups stay clean. Health endpoints are open, as kubelet probes carry no token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -46,6 +51,7 @@ from inference.payload_log import PayloadLogger, Prediction, Protocol
 VERSION_HEADER = "x-falaj-model-version"
 VARIANT_HEADER = "x-falaj-variant"
 PIN_HEADER = "x-falaj-version"
+STICKY_HEADER = "x-falaj-ab-key"
 #: Request headers a predictor needs to read the body (binary V2 tensors included).
 FORWARDED_HEADERS = ("content-type", "inference-header-content-length")
 
@@ -60,6 +66,16 @@ def pick_variant(split: TrafficSplit, draw: float) -> Variant:
     if split.canary_version is not None and draw < split.canary_percent:
         return Variant.CANARY
     return Variant.STABLE
+
+
+def sticky_draw(split: TrafficSplit, key: str) -> float:
+    """A draw in [0, 100) fixed by ``key`` for this model's current canary (the experiment).
+
+    SHA-256, not Python's ``hash``: the same on every replica and every restart.
+    """
+    experiment = f"{split.model}\x00{split.canary_version}\x00{key}".encode()
+    bucket = int.from_bytes(hashlib.sha256(experiment).digest()[:8], "big")
+    return bucket / 2**64 * 100.0
 
 
 def version_of(split: TrafficSplit, variant: Variant) -> int:
@@ -131,7 +147,9 @@ class Router:
         split = self.split_or_404(name)
         if isinstance(split, JSONResponse):
             return split
-        chosen = self._choose(split, request.headers.get(PIN_HEADER))
+        chosen = self._choose(
+            split, request.headers.get(PIN_HEADER), request.headers.get(STICKY_HEADER)
+        )
         if isinstance(chosen, JSONResponse):
             return chosen
         backend, variant = chosen
@@ -162,7 +180,7 @@ class Router:
         return response
 
     def _choose(
-        self, split: TrafficSplit, pin: str | None
+        self, split: TrafficSplit, pin: str | None, sticky_key: str | None = None
     ) -> tuple[Backend, Variant] | JSONResponse:
         if pin is not None:
             if not pin.isdigit() or int(pin) not in split.versions:
@@ -172,6 +190,9 @@ class Router:
                     f"{list(split.versions)} of {split.model!r}, got {pin!r}",
                 )
             preferred = [variant_of(split, int(pin))]
+        elif sticky_key:
+            # One variant only: a key that moved would count in both groups.
+            preferred = [pick_variant(split, sticky_draw(split, sticky_key))]
         else:
             first = pick_variant(split, self.rng.random() * 100.0)
             preferred = [first, *(v for v in Variant if v is not first)]

@@ -23,7 +23,7 @@ from falaj.events import EventType, InferenceLogged
 from falaj.registry import MODEL_FILE
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
 from falaj.settings import PROJECT_ROOT
-from inference.router import Variant, pick_variant
+from inference.router import STICKY_HEADER, Variant, pick_variant, sticky_draw
 from inference.session import CPU
 from tests.inference.conftest import (
     FEATURES,
@@ -47,6 +47,19 @@ def test_pick_variant_follows_the_percentage() -> None:
     rng = random.Random(5)
     canary = sum(pick_variant(split, rng.random() * 100) is Variant.CANARY for _ in range(10_000))
     assert 900 <= canary <= 1100
+
+
+def test_a_sticky_draw_is_fixed_by_the_key_and_spread_like_the_split() -> None:
+    split = TrafficSplit("fraud", 1, 2, 30)
+    assert sticky_draw(split, "customer-7") == sticky_draw(split, "customer-7")
+    keys = [f"customer-{i}" for i in range(10_000)]
+    canary = sum(pick_variant(split, sticky_draw(split, k)) is Variant.CANARY for k in keys)
+    # Binomial(10000, 0.3): sd 46; 2,800..3,200 is beyond 4 sd.
+    assert 2800 <= canary <= 3200
+    # A new canary is a new experiment: the groups are drawn afresh.
+    next_canary = TrafficSplit("fraud", 1, 3, 30)
+    moved = sum(sticky_draw(split, k) != sticky_draw(next_canary, k) for k in keys[:100])
+    assert moved == 100
 
 
 @dataclass
@@ -233,3 +246,31 @@ def test_split_headers_auth_payload_log_and_a_refused_canary(
     assert [(e["resource"], e["actor"]) for e in refusals] == [("model/fraud/3", "predictor")]
     user.close()
     viewer.close()
+
+
+def test_sticky_keys_never_move_between_variants(ctx: Context, router: RunningRouter) -> None:
+    assert register(ctx, WEIGHTS_V1) == 1
+    assert register(ctx, WEIGHTS_V2) == 2
+    DeploymentStore(ctx).set(
+        TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=30)
+    )
+    user = httpx.Client(
+        base_url=router.url, headers={"Authorization": f"Bearer {router.user}"}, timeout=30.0
+    )
+    wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
+    rows = sample_rows(1, seed=3)
+    seen: dict[str, set[str]] = {}
+    for _ in range(3):
+        for i in range(150):
+            key = f"customer-{i}"
+            response = user.post(
+                "/v1/models/fraud:predict",
+                json={"instances": rows.tolist()},
+                headers={STICKY_HEADER: key},
+            )
+            assert response.status_code == 200, response.text
+            seen.setdefault(key, set()).add(response.headers["x-falaj-variant"])
+    assert all(len(variants) == 1 for variants in seen.values()), seen
+    canary_keys = sum(variants == {"canary"} for variants in seen.values())
+    # Binomial(150, 0.3): mean 45, sd 5.6; 20..70 is beyond 4 sd.
+    assert 20 <= canary_keys <= 70
