@@ -42,6 +42,9 @@ class TrafficSplit:
     canary_version: int | None = None
     canary_percent: int = 0
     updated: str = ""
+    #: A candidate that gets a copy of every request (mirroring); its answers
+    #: are logged and never returned to a caller.
+    shadow_version: int | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -57,6 +60,11 @@ class TrafficSplit:
         if self.canary_version is None and self.canary_percent != 0:
             problems.append(
                 f"canary_percent: expected 0 without a canary version, got {self.canary_percent}"
+            )
+        if self.shadow_version is not None and self.shadow_version in self.versions:
+            problems.append(
+                f"shadow_version: expected a version that does not serve already "
+                f"({list(self.versions)}), got {self.shadow_version}"
             )
         if problems:
             raise ConfigError(f"invalid traffic split of {self.model!r}: " + "; ".join(problems))
@@ -75,6 +83,12 @@ class TrafficSplit:
         if self.canary_version is None:
             return (self.stable_version,)
         return (self.stable_version, self.canary_version)
+
+    @property
+    def running_versions(self) -> tuple[int, ...]:
+        """The versions that need a model server: those that serve, and the shadow."""
+        shadow = () if self.shadow_version is None else (self.shadow_version,)
+        return (*self.versions, *shadow)
 
 
 def now_iso() -> str:
@@ -99,6 +113,9 @@ class DeploymentStore(Closeable):
             " model TEXT PRIMARY KEY, stable_version INTEGER NOT NULL,"
             " canary_version INTEGER, canary_percent INTEGER NOT NULL, updated TEXT NOT NULL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(splits)")}
+        if "shadow_version" not in columns:  # a store from before shadows
+            self._db.execute("ALTER TABLE splits ADD COLUMN shadow_version INTEGER")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 0),"
             " value INTEGER NOT NULL)"
@@ -107,17 +124,13 @@ class DeploymentStore(Closeable):
 
     def get(self, model: str) -> TrafficSplit | None:
         row = self._db.execute(
-            "SELECT model, stable_version, canary_version, canary_percent, updated"
-            " FROM splits WHERE model = ?",
+            f"SELECT {_COLUMNS} FROM splits WHERE model = ?",
             (model,),
         ).fetchone()
         return _split(row) if row else None
 
     def all(self) -> list[TrafficSplit]:
-        rows = self._db.execute(
-            "SELECT model, stable_version, canary_version, canary_percent, updated"
-            " FROM splits ORDER BY model"
-        ).fetchall()
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM splits ORDER BY model").fetchall()
         return [_split(row) for row in rows]
 
     def set(self, split: TrafficSplit) -> None:
@@ -125,13 +138,14 @@ class DeploymentStore(Closeable):
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO splits VALUES (?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO splits ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     split.model,
                     split.stable_version,
                     split.canary_version,
                     split.canary_percent,
                     split.updated or now_iso(),
+                    split.shadow_version,
                 ),
             )
             self._db.execute("UPDATE generation SET value = value + 1 WHERE id = 0")
@@ -149,12 +163,16 @@ class DeploymentStore(Closeable):
         self._db.close()
 
 
-def _split(row: tuple[str, int, int | None, int, str]) -> TrafficSplit:
-    model, stable, canary, percent, updated = row
+_COLUMNS = "model, stable_version, canary_version, canary_percent, updated, shadow_version"
+
+
+def _split(row: tuple[str, int, int | None, int, str, int | None]) -> TrafficSplit:
+    model, stable, canary, percent, updated, shadow = row
     return TrafficSplit(
         model=model,
         stable_version=int(stable),
         canary_version=None if canary is None else int(canary),
         canary_percent=int(percent),
         updated=updated,
+        shadow_version=None if shadow is None else int(shadow),
     )

@@ -148,7 +148,7 @@ class BackendPool:
         """Start what the splits want and is not running; stop what no split wants."""
         generation = self.store.generation()
         splits = {s.model: s for s in self.store.all()}
-        wanted = {(s.model, v) for s in splits.values() for v in s.versions}
+        wanted = {(s.model, v) for s in splits.values() for v in s.running_versions}
         with self._lock:
             self._splits = splits
             self._generation = generation

@@ -19,6 +19,7 @@ the experiment's groups stay clean. Health endpoints are open, as kubelet probes
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -59,6 +60,8 @@ FORWARDED_HEADERS = ("content-type", "inference-header-content-length")
 class Variant(StrEnum):
     STABLE = "stable"
     CANARY = "canary"
+    #: Gets a copy of each request; its answers are logged, never returned.
+    SHADOW = "shadow"
 
 
 def pick_variant(split: TrafficSplit, draw: float) -> Variant:
@@ -106,6 +109,8 @@ class Router:
     def __post_init__(self) -> None:
         self.log = get_logger(component="router")
         self._features: dict[tuple[str, int], tuple[str, ...]] = {}
+        # The mirrored requests in flight: the loop keeps only weak references.
+        self._shadows: set[asyncio.Task[None]] = set()
 
     def features(self, model: str, version: int) -> tuple[str, ...]:
         # A version's metadata never changes once registered.
@@ -177,7 +182,44 @@ class Router:
             self.payloads.submit(
                 Prediction(name, backend.version, str(variant), protocol, body, upstream.content)
             )
+        if split.shadow_version is not None:
+            task = asyncio.create_task(
+                self._mirror(split, split.shadow_version, path, body, headers, protocol)
+            )
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
         return response
+
+    async def _mirror(
+        self,
+        split: TrafficSplit,
+        version: int,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        protocol: Protocol,
+    ) -> None:
+        """Send a copy to the shadow version after the caller's answer is on its way.
+
+        Its answer is logged as the ``shadow`` variant and goes nowhere else; a
+        shadow that is not ready or fails costs a log line, never a caller.
+        """
+        backend = self.pool.backend(split.model, version)
+        if backend is None or backend.state is not BackendState.READY:
+            return
+        try:
+            answer = await self.http.post(f"{backend.url}{path}", content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            self.log.warning(
+                "shadow.unreachable", model=split.model, version=version, error=str(exc)
+            )
+            return
+        if answer.status_code == 200:
+            self.payloads.submit(
+                Prediction(
+                    split.model, version, str(Variant.SHADOW), protocol, body, answer.content
+                )
+            )
 
     def _choose(
         self, split: TrafficSplit, pin: str | None, sticky_key: str | None = None
@@ -195,7 +237,7 @@ class Router:
             preferred = [pick_variant(split, sticky_draw(split, sticky_key))]
         else:
             first = pick_variant(split, self.rng.random() * 100.0)
-            preferred = [first, *(v for v in Variant if v is not first)]
+            preferred = [first, *(v for v in (Variant.STABLE, Variant.CANARY) if v is not first)]
         for variant in preferred:
             if variant is Variant.CANARY and split.canary_version is None:
                 continue
@@ -216,6 +258,15 @@ class Router:
             backend = self.pool.backend(split.model, version)
             status[str(version)] = backend.status() if backend else {"state": "absent"}
         return status
+
+    def _shadow_status(self, split: TrafficSplit) -> dict[str, object] | None:
+        if split.shadow_version is None:
+            return None
+        backend = self.pool.backend(split.model, split.shadow_version)
+        return {
+            "version": split.shadow_version,
+            **(backend.status() if backend else {"state": "absent"}),
+        }
 
     def _ready(self, split: TrafficSplit) -> bool:
         return all(s["state"] == BackendState.READY for s in self._status(split).values())
@@ -242,9 +293,11 @@ class Router:
                     "stable_version": split.stable_version,
                     "canary_version": split.canary_version,
                     "canary_percent": split.canary_percent,
+                    "shadow_version": split.shadow_version,
                     "updated": split.updated,
                 },
                 "status": self._status(split),
+                "shadow": self._shadow_status(split),
             }
         )
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from falaj.context import Context
-from falaj.deployments import DeploymentStore, TrafficSplit
+from falaj.deployments import DB_FILE, DeploymentStore, TrafficSplit
 from falaj.errors import ConfigError
 
 
@@ -62,3 +64,31 @@ def test_split_updated_defaults_to_now(ctx: Context) -> None:
 def test_invalid_split_is_refused(kwargs: dict[str, int], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         TrafficSplit(model="fraud", **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_shadow_is_stored_runs_but_does_not_serve(ctx: Context) -> None:
+    split = TrafficSplit(
+        "fraud", stable_version=1, canary_version=2, canary_percent=10, shadow_version=3
+    )
+    assert split.versions == (1, 2)
+    assert split.running_versions == (1, 2, 3)
+    with DeploymentStore(ctx) as store:
+        store.set(split)
+        stored = store.get("fraud")
+    assert stored is not None
+    assert (stored.versions, stored.shadow_version) == ((1, 2), 3)
+    with pytest.raises(ConfigError, match="shadow_version: expected a version that does not serve"):
+        TrafficSplit("fraud", stable_version=1, shadow_version=1)
+
+
+def test_a_store_from_before_shadows_keeps_its_splits(ctx: Context) -> None:
+    ctx.paths.serving.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(ctx.paths.serving / DB_FILE) as old:
+        old.execute(
+            "CREATE TABLE splits (model TEXT PRIMARY KEY, stable_version INTEGER NOT NULL,"
+            " canary_version INTEGER, canary_percent INTEGER NOT NULL, updated TEXT NOT NULL)"
+        )
+        old.execute("INSERT INTO splits VALUES ('fraud', 1, 2, 10, '2026-01-01')")
+    old.close()
+    with DeploymentStore(ctx) as store:
+        assert store.get("fraud") == TrafficSplit("fraud", 1, 2, 10, "2026-01-01")

@@ -274,3 +274,53 @@ def test_sticky_keys_never_move_between_variants(ctx: Context, router: RunningRo
     canary_keys = sum(variants == {"canary"} for variants in seen.values())
     # Binomial(150, 0.3): mean 45, sd 5.6; 20..70 is beyond 4 sd.
     assert 20 <= canary_keys <= 70
+
+
+def test_a_shadow_gets_every_request_and_no_caller_sees_its_answer(
+    ctx: Context, router: RunningRouter, broker: BrokerStandIn
+) -> None:
+    assert register(ctx, WEIGHTS_V1) == 1
+    assert register(ctx, WEIGHTS_V2) == 2
+    with DeploymentStore(ctx) as store:
+        store.set(TrafficSplit("fraud", stable_version=1, shadow_version=2))
+    user = httpx.Client(
+        base_url=router.url, headers={"Authorization": f"Bearer {router.user}"}, timeout=30.0
+    )
+    viewer = httpx.Client(
+        base_url=router.url, headers={"Authorization": f"Bearer {router.viewer}"}, timeout=30.0
+    )
+
+    def shadow_ready() -> bool:
+        shadow = viewer.get("/v2/models/fraud").json().get("shadow") or {}
+        return shadow.get("state") == "ready"
+
+    wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "version 1 loaded")
+    wait_until(shadow_ready, 90, "the shadow loaded")
+    requests = 200
+    rows = sample_rows(requests, seed=5)
+    expected = {1: reference(WEIGHTS_V1, rows), 2: reference(WEIGHTS_V2, rows)}
+    for i, row in enumerate(rows):
+        response = user.post(
+            "/v1/models/fraud:predict",
+            json={"instances": [dict(zip(FEATURES, map(float, row), strict=True))]},
+        )
+        assert response.status_code == 200, response.text
+        # The caller always gets the stable version's answer, never the shadow's.
+        assert (response.headers["x-falaj-model-version"], response.headers["x-falaj-variant"]) == (
+            "1",
+            "stable",
+        )
+        assert response.json()["predictions"][0] == pytest.approx(float(expected[1][i]), rel=1e-5)
+
+    wait_until(lambda: len(broker.received()) == 2 * requests, 60, "both answers of each logged")
+    logged = [InferenceLogged.model_validate(e.get_data()) for e in broker.received()]
+    assert Counter((e.version, e.variant) for e in logged) == {
+        (1, "stable"): requests,
+        (2, "shadow"): requests,
+    }
+    # The shadow answered what version 2 computes, for the very rows callers sent.
+    index = {tuple(np.float32(v) for v in row): i for i, row in enumerate(rows)}
+    for event in logged:
+        if event.variant == "shadow":
+            i = index[tuple(np.float32(event.inputs[name][0]) for name in FEATURES)]
+            assert event.outputs[0] == pytest.approx(float(expected[2][i]), rel=1e-5)
