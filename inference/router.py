@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from falaj.settings import PROJECT_ROOT, Settings
 from inference.backends import Backend, BackendPool, BackendState, PoolConfig
 from inference.inputs import DATATYPE, INPUT_NAME, OUTPUT_NAME
 from inference.payload_log import PayloadLogger, Prediction, Protocol
+from inference.variant_metrics import ServingMetrics
 
 VERSION_HEADER = "x-falaj-model-version"
 VARIANT_HEADER = "x-falaj-variant"
@@ -111,6 +113,7 @@ class Router:
         self._features: dict[tuple[str, int], tuple[str, ...]] = {}
         # The mirrored requests in flight: the loop keeps only weak references.
         self._shadows: set[asyncio.Task[None]] = set()
+        self.serving_metrics = ServingMetrics()
 
     def features(self, model: str, version: int) -> tuple[str, ...]:
         # A version's metadata never changes once registered.
@@ -163,15 +166,26 @@ class Router:
         )
         body = await request.body()
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
+        started = time.perf_counter()
         try:
             upstream = await self.http.post(f"{backend.url}{path}", content=body, headers=headers)
         except httpx.HTTPError as exc:
             self.log.error(
                 "upstream.unreachable", model=name, version=backend.version, error=str(exc)
             )
+            self.serving_metrics.observe(
+                name, backend.version, str(variant), 502, (time.perf_counter() - started) * 1e3
+            )
             return error(
                 502, f"{name} version {backend.version} did not answer ({type(exc).__name__})"
             )
+        self.serving_metrics.observe(
+            name,
+            backend.version,
+            str(variant),
+            upstream.status_code,
+            (time.perf_counter() - started) * 1e3,
+        )
         response = Response(
             upstream.content,
             status_code=upstream.status_code,
@@ -271,6 +285,16 @@ class Router:
     def _ready(self, split: TrafficSplit) -> bool:
         return all(s["state"] == BackendState.READY for s in self._status(split).values())
 
+    async def ab_report(self, request: Request) -> Response:
+        """Per-variant requests, errors and latency, and the canary against the stable one."""
+        denied = self.authorize(request, Action.READ)
+        if denied is not None:
+            return denied
+        split = self.split_or_404(request.path_params["name"])
+        if isinstance(split, JSONResponse):
+            return split
+        return JSONResponse({"model": split.model, **self.serving_metrics.report(split)})
+
     async def model_metadata(self, request: Request) -> Response:
         denied = self.authorize(request, Action.READ)
         if denied is not None:
@@ -359,6 +383,7 @@ def create_app(router: Router) -> Starlette:
         ("/v2/models/{name}/infer", router.infer_v2, ["POST"]),
         ("/v2/models/{name}/ready", router.model_ready, ["GET"]),
         ("/v2/models/{name}", router.model_metadata, ["GET"]),
+        ("/v2/models/{name}/ab", router.ab_report, ["GET"]),
         ("/v2/health/live", router.live, ["GET"]),
         ("/v2/health/ready", router.ready, ["GET"]),
         ("/metrics", router.metrics, ["GET"]),

@@ -275,6 +275,26 @@ def test_sticky_keys_never_move_between_variants(ctx: Context, router: RunningRo
     # Binomial(150, 0.3): mean 45, sd 5.6; 20..70 is beyond 4 sd.
     assert 20 <= canary_keys <= 70
 
+    # The A/B report counts what each variant answered, the callers' mistakes apart.
+    bad = user.post(
+        "/v1/models/fraud:predict",
+        json={"instances": [[1.0]]},
+        headers={STICKY_HEADER: "customer-0"},
+    )
+    assert bad.status_code == 400
+    assert httpx.get(f"{router.url}/v2/models/fraud/ab").status_code == 401
+    viewer = httpx.Client(
+        base_url=router.url, headers={"Authorization": f"Bearer {router.viewer}"}, timeout=30.0
+    )
+    report = viewer.get("/v2/models/fraud/ab").json()
+    stable, canary = report["variants"]["v1 (stable)"], report["variants"]["v2 (canary)"]
+    assert canary["requests"] == 3 * canary_keys + ("canary" in seen["customer-0"])
+    assert stable["requests"] + canary["requests"] == 3 * 150 + 1
+    assert stable["caller_errors"] + canary["caller_errors"] == 1
+    assert stable["server_errors"] == canary["server_errors"] == 0
+    assert report["comparison"]["error_rate"]["significant"] is False
+    assert report["comparison"]["latency_ms"]["enough_data"] is True
+
 
 def test_a_shadow_gets_every_request_and_no_caller_sees_its_answer(
     ctx: Context, router: RunningRouter, broker: BrokerStandIn
