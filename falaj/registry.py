@@ -324,13 +324,16 @@ class ModelRegistry:
         )
 
 
+#: The file each variant's encrypted ONNX is kept in.
+VARIANT_FILES = {FP32: MODEL_FILE, INT8: INT8_MODEL_FILE}
+
+
 def _variant_file(variant: str) -> str:
-    """The file a variant's encrypted ONNX is kept in."""
-    if variant == FP32:
-        return MODEL_FILE
-    if variant == INT8:
-        return INT8_MODEL_FILE
-    raise RegistryError(f"no model variant {variant!r}: expected {FP32!r} or {INT8!r}")
+    if variant not in VARIANT_FILES:
+        raise RegistryError(
+            f"no model variant {variant!r}: expected one of {', '.join(map(repr, VARIANT_FILES))}"
+        )
+    return VARIANT_FILES[variant]
 
 
 def _version_numbers(model_dir: Path) -> list[int]:

@@ -132,6 +132,11 @@ class Router:
             return error(int(exc.status), str(exc))
         return None
 
+    def authorized_split(self, request: Request, action: Action) -> TrafficSplit | JSONResponse:
+        """The split of the model the path names, for a caller allowed ``action``; else the 4xx."""
+        denied = self.authorize(request, action)
+        return denied if denied is not None else self.split_or_404(request.path_params["name"])
+
     def split_or_404(self, name: str) -> TrafficSplit | JSONResponse:
         split = self.pool.split(name)
         if split is None:
@@ -148,13 +153,10 @@ class Router:
         return await self._infer(request, Protocol.V2)
 
     async def _infer(self, request: Request, protocol: Protocol) -> Response:
-        denied = self.authorize(request, Action.PREDICT)
-        if denied is not None:
-            return denied
-        name = request.path_params["name"]
-        split = self.split_or_404(name)
+        split = self.authorized_split(request, Action.PREDICT)
         if isinstance(split, JSONResponse):
             return split
+        name = split.model
         chosen = self._choose(
             split, request.headers.get(PIN_HEADER), request.headers.get(STICKY_HEADER)
         )
@@ -267,39 +269,32 @@ class Router:
     # -- metadata and health ---------------------------------------------------------
 
     def _status(self, split: TrafficSplit) -> dict[str, dict[str, object]]:
-        status: dict[str, dict[str, object]] = {}
-        for version in split.versions:
-            backend = self.pool.backend(split.model, version)
-            status[str(version)] = backend.status() if backend else {"state": "absent"}
-        return status
+        return {str(v): self._backend_status(split.model, v) for v in split.versions}
 
     def _shadow_status(self, split: TrafficSplit) -> dict[str, object] | None:
         if split.shadow_version is None:
             return None
-        backend = self.pool.backend(split.model, split.shadow_version)
         return {
             "version": split.shadow_version,
-            **(backend.status() if backend else {"state": "absent"}),
+            **self._backend_status(split.model, split.shadow_version),
         }
+
+    def _backend_status(self, model: str, version: int) -> dict[str, object]:
+        backend = self.pool.backend(model, version)
+        return backend.status() if backend else {"state": "absent"}
 
     def _ready(self, split: TrafficSplit) -> bool:
         return all(s["state"] == BackendState.READY for s in self._status(split).values())
 
     async def ab_report(self, request: Request) -> Response:
         """Per-variant requests, errors and latency, and the canary against the stable one."""
-        denied = self.authorize(request, Action.READ)
-        if denied is not None:
-            return denied
-        split = self.split_or_404(request.path_params["name"])
+        split = self.authorized_split(request, Action.READ)
         if isinstance(split, JSONResponse):
             return split
         return JSONResponse({"model": split.model, **self.serving_metrics.report(split)})
 
     async def model_metadata(self, request: Request) -> Response:
-        denied = self.authorize(request, Action.READ)
-        if denied is not None:
-            return denied
-        split = self.split_or_404(request.path_params["name"])
+        split = self.authorized_split(request, Action.READ)
         if isinstance(split, JSONResponse):
             return split
         try:
@@ -326,10 +321,7 @@ class Router:
         )
 
     async def model_ready(self, request: Request) -> Response:
-        denied = self.authorize(request, Action.READ)
-        if denied is not None:
-            return denied
-        split = self.split_or_404(request.path_params["name"])
+        split = self.authorized_split(request, Action.READ)
         if isinstance(split, JSONResponse):
             return split
         ready = self._ready(split)

@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from falaj.ab_stats import compare_means, compare_rates
 from falaj.deployments import TrafficSplit
 
@@ -30,14 +32,14 @@ class VariantMetrics:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def to_json(self) -> dict[str, Any]:
-        ordered = sorted(self.latencies_ms)
+        latencies = np.asarray(self.latencies_ms)
         return {
             "requests": self.requests,
             "server_errors": self.server_errors,
             "caller_errors": self.caller_errors,
             "error_rate": self.server_errors / self.requests if self.requests else None,
-            "latency_p50_ms": _quantile(ordered, 0.50),
-            "latency_p99_ms": _quantile(ordered, 0.99),
+            "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies.size else None,
+            "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies.size else None,
         }
 
 
@@ -90,9 +92,3 @@ class ServingMetrics:
         return VariantMetrics(
             found.requests, found.server_errors, found.caller_errors, deque(found.latencies_ms)
         )
-
-
-def _quantile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -34,7 +34,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from falaj.errors import ConfigError
 from training.evaluate import evaluate
-from training.export import INPUT_NAME, OUTPUT_NAME
+from training.export import INPUT_NAME, OUTPUT_NAME, onnx_predict
 
 #: int8 may be at most this much slower than fp32 and still count as "not
 #: slower": best-of-N timings of the same graph differ by a few percent from
@@ -205,10 +205,8 @@ def int8_variant(
 ) -> Int8Variant:
     """Quantise ``fp32_bytes`` and decide on it with the held-out ``features`` and ``labels``."""
     int8_bytes = quantize_int8(fp32_bytes)
-    batch = {INPUT_NAME: np.ascontiguousarray(features, dtype=np.float32)}
     fp32_p, int8_p = (
-        np.asarray(single_threaded_session(model).run([OUTPUT_NAME], batch)[0]).reshape(-1)
-        for model in (fp32_bytes, int8_bytes)
+        onnx_predict(model, features).reshape(-1) for model in (fp32_bytes, int8_bytes)
     )
     fp32_scores, int8_scores = evaluate(labels, fp32_p), evaluate(labels, int8_p)
     fp32_latency, int8_latency = best_latencies((fp32_bytes, int8_bytes), features, repeats=repeats)

@@ -434,13 +434,15 @@ def _serving(home: Path | None) -> tuple[ModelRegistry, dict[str, TrafficSplit]]
 
 
 def _role(split: TrafficSplit | None, version: int) -> str:
-    """What a version is to traffic: production (the stable one), canary, or nothing."""
+    """What a version is to traffic: its alias and its share, or nothing."""
+    from falaj.deployments import Alias
+
     if split is None:
         return ""
-    if version == split.stable_version:
-        return f"production ({100 - split.canary_percent}%)"
-    if version == split.canary_version:
-        return f"canary ({split.canary_percent}%)"
+    shares = {Alias.PRODUCTION: 100 - split.canary_percent, Alias.CANARY: split.canary_percent}
+    for alias, named in split.aliases.items():
+        if named == version:
+            return f"{alias} ({shares[alias]}%)"
     return ""
 
 

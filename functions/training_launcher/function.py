@@ -56,7 +56,7 @@ from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
 from falaj.settings import write_secrets_file
 from falaj.training_job import MAX_ATTEMPTS, JobExit
-from falaj.training_runs import TrainingJobs, TrainingRequest, TrainingRun
+from falaj.training_runs import ACTIVE_STATES, TrainingJobs, TrainingRequest, TrainingRun
 from functions.training_launcher.kuberay import KubeRayJobs, in_cluster_api_client
 from functions.training_launcher.ray_jobs import (
     JOB_SECRETS,
@@ -288,15 +288,14 @@ class TrainingLauncherFunction(CloudEventFunction):
                 continue
             self.jobs.update_status(run.job_id, state.status, state.message)
             self.log.info("training.status", model=model, job_id=run.job_id, status=state.status)
-            if state.status not in ("PENDING", "RUNNING"):
+            if state.status not in ACTIVE_STATES:
                 self._ended(run, state)
 
     def _ended(self, run: TrainingRun, state: JobState) -> None:
         """A run ended: speak for it when it could not, and retry it when it was lost."""
         if state.status == "SUCCEEDED" or state.exit_code == JobExit.FAILED_ANNOUNCED:
             return  # the job announced its own end
-        latest = self.jobs.run(run.job_id)
-        if latest is not None and latest.announced is not None:
+        if run.announced is not None:
             return  # its training.failed came back here already
         if state.status == LOST and run.attempt < MAX_ATTEMPTS:
             self._retry(run)

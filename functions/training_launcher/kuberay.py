@@ -27,7 +27,7 @@ from falaj.errors import ConfigError
 from falaj.manifest_schemas import SchemaStore, validate_manifest
 from falaj.residency import Boundary, ResidencyPolicy
 from functions.training_launcher.errors import JobSubmissionFailed
-from functions.training_launcher.ray_jobs import LOST, JobSpec, JobState
+from functions.training_launcher.ray_jobs import LOST, JobSpec, JobState, short_error
 from functions.training_launcher.rayjob import (
     GROUP,
     PLURAL,
@@ -119,7 +119,7 @@ class KubeRayJobs:
         except HTTPError as exc:
             raise JobSubmissionFailed(
                 f"cannot reach the Kubernetes API at {self.host} to create RayJob {namespace}/"
-                f"{spec.job_id}: {_short(exc)}; is the API server up, and the launcher in the "
+                f"{spec.job_id}: {short_error(exc)}; is the API server up, and the launcher in the "
                 "cluster?"
             ) from exc
         return spec.job_id
@@ -143,7 +143,8 @@ class KubeRayJobs:
         except HTTPError as exc:
             raise JobSubmissionFailed(
                 f"cannot reach the Kubernetes API at {self.host} to read RayJob {namespace}/"
-                f"{job_id}: {_short(exc)}; is the API server up, and the launcher in the cluster?"
+                f"{job_id}: {short_error(exc)}; is the API server up, and the launcher in the "
+                "cluster?"
             ) from exc
         if not isinstance(rayjob, Mapping):
             raise JobSubmissionFailed(
@@ -211,7 +212,3 @@ def _api_problem(exc: ApiException, verb: str, namespace: str, name: str) -> str
     else:
         fix = "try again when the API server is healthy"
     return f"HTTP {code} ({said}); {fix}"
-
-
-def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -153,7 +153,7 @@ class RayJobs:
             self._client = None
             raise JobSubmissionFailed(
                 f"the Ray Jobs API at {self.address} did not accept training job "
-                f"{spec.job_id}: {_short(exc)}; is the Ray head running ('falaj up')?"
+                f"{spec.job_id}: {short_error(exc)}; is the Ray head running ('falaj up')?"
             ) from exc
 
     def state(self, job_id: str) -> JobState:
@@ -176,13 +176,13 @@ class RayJobs:
             self._client = None
             raise JobSubmissionFailed(
                 f"cannot read the status of training job {job_id} from {self.address}: "
-                f"{_short(exc)}"
+                f"{short_error(exc)}"
             ) from exc
         except (requests.RequestException, ConnectionError) as exc:
             self._client = None
             raise JobSubmissionFailed(
                 f"cannot reach the Ray Jobs API at {self.address} to read training job "
-                f"{job_id}: {_short(exc)}; is the Ray head running ('falaj up')?"
+                f"{job_id}: {short_error(exc)}; is the Ray head running ('falaj up')?"
             ) from exc
 
     def close(self) -> None:
@@ -196,5 +196,6 @@ class RayJobs:
         return self._client
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """An error's type and the start of its text, for a message that must stay readable."""
     return f"{type(exc).__name__}: {str(exc)[:300]}"
