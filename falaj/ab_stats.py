@@ -46,7 +46,12 @@ class Comparison:
         return self.enough_data and self.p_value < alpha
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "enough_data": self.enough_data, "significant": self.significant()}
+        """JSON-safe: a rate or p-value that does not exist yet (no data) is null, not NaN."""
+        fields = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in asdict(self).items()
+        }
+        return {**fields, "enough_data": self.enough_data, "significant": self.significant()}
 
 
 def compare_rates(successes_a: int, n_a: int, successes_b: int, n_b: int) -> Comparison:

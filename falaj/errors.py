@@ -13,6 +13,7 @@
     │   └── SignatureInvalid   its signature is missing or does not match
     ├── RegistryError          a model or version is unknown
     ├── ModelBusy              a model runs as many training jobs as it may (409)
+    ├── RolloutRefused         a traffic change does not fit the model's split (409)
     ├── SchemaError            a data file does not fit the feature schema at all
     ├── StorageError           an object cannot be located or read from here
     │   └── ObjectKeyError     its key would name something outside its bucket
@@ -120,6 +121,16 @@ class ModelBusy(FalajError):
 
     The launcher keeps the request as the model's pending one; it goes out
     when a run ends.
+    """
+
+    status = HTTPStatus.CONFLICT
+
+
+class RolloutRefused(FalajError):
+    """Raised when a rollout step does not fit the model's current traffic split.
+
+    E.g. promoting a model that has no canary, or a canary of the version
+    that is already stable. The message says what the split is now.
     """
 
     status = HTTPStatus.CONFLICT

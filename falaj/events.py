@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cloudevents.http import CloudEvent
 from pydantic import (
@@ -51,7 +51,9 @@ class EventType(StrEnum):
     TRAINING_FAILED = "dev.falaj.training.failed"
     MODEL_REGISTERED = "dev.falaj.model.registered"
     MODEL_DEPLOYED = "dev.falaj.model.deployed"
+    ROLLOUT_REQUESTED = "dev.falaj.rollout.requested"
     INFERENCE_LOGGED = "dev.falaj.inference.logged"
+    INFERENCE_OUTCOME = "dev.falaj.inference.outcome"
     DRIFT_DETECTED = "dev.falaj.drift.detected"
     # Knative's source types, kept as Knative names them so that the same
     # Triggers match on a cluster and locally.
@@ -301,18 +303,47 @@ class ModelRegistered(EventData):
     training_job_id: str | None = None
 
 
+#: The rollout steps, as ``falaj.rollouts.RolloutAction`` names them.
+RolloutStepName = Literal["deploy", "canary", "promote", "rollback", "shadow"]
+
+
 class ModelDeployed(EventData):
     model: str
     stable_version: int = Field(ge=1)
     canary_version: int | None = None
     canary_percent: int = Field(ge=0, le=100)
+    shadow_version: int | None = None
+    #: The step that changed the split, and why (a person's words or the evidence).
+    action: RolloutStepName = "deploy"
+    reason: str = ""
+
+
+class RolloutRequested(EventData):
+    """Someone (a person, the CLI, the loop) asks for a rollout step."""
+
+    model: str
+    action: Literal["canary", "promote", "rollback", "shadow"]
+    version: int | None = Field(default=None, ge=1)
+    percent: int | None = Field(default=None, ge=0, le=100)
+    reason: str = ""
+
+
+class InferenceOutcome(EventData):
+    """What really happened for one prediction (e.g. the transaction was fraud): feedback."""
+
+    inference_id: str = Field(min_length=1, max_length=200)
+    model: str
+    #: The observed outcome; for a binary model 0 or 1.
+    label: float
+    #: Which row of the prediction's batch the outcome is for.
+    row: int = Field(default=0, ge=0)
 
 
 class InferenceLogged(EventData):
     inference_id: str
     model: str
     version: int = Field(ge=1)
-    variant: str = Field(description="stable or canary")
+    variant: str = Field(description="stable, canary or shadow")
     inputs: dict[str, list[float]]
     outputs: list[float]
 
@@ -429,6 +460,18 @@ CATALOG: Mapping[EventType, EventSpec] = {
             "/falaj/functions/rollout",
             ModelDeployed,
             "the traffic split of an InferenceService changed",
+        ),
+        EventSpec(
+            EventType.ROLLOUT_REQUESTED,
+            "/falaj/cli",
+            RolloutRequested,
+            "someone asked to start, resize, promote or roll back a canary, or to shadow",
+        ),
+        EventSpec(
+            EventType.INFERENCE_OUTCOME,
+            "/falaj/feedback",
+            InferenceOutcome,
+            "the real outcome of one earlier prediction, for per-variant accuracy",
         ),
         EventSpec(
             EventType.INFERENCE_LOGGED,

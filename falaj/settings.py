@@ -96,6 +96,40 @@ class Settings(BaseModel):
         "lines, one per secret setting; a setting given directly wins over the file",
     )
     canary_percent: int = Field(default=10, ge=0, le=100, description="traffic to a new version")
+    rollback_auto: bool = Field(
+        default=True,
+        description="whether the router rolls a canary back by itself when it is worse than "
+        "the stable version (rollback_* settings)",
+    )
+    rollback_min_requests: int = Field(
+        default=200,
+        ge=30,
+        description="requests each variant must have served before the canary is judged",
+    )
+    rollback_error_rate_margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="how far (absolute) the canary's 5xx rate may exceed the stable's; beyond "
+        "it, and significant by a two-proportion z-test, the canary is rolled back",
+    )
+    rollback_p99_margin_ms: float = Field(
+        default=50.0,
+        gt=0,
+        description="how far (ms) the canary's p99 latency may exceed the stable's before it "
+        "is rolled back",
+    )
+    serving_idle_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="a model server with no request for this long stops (scale to zero; the "
+        "next request starts it again); 0 keeps every server up",
+    )
+    serving_activation_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="how long a request waits for a scaled-to-zero model server to start",
+    )
     drift_window: int = Field(
         default=200, ge=50, description="inference rows per drift window (PSI noise ~ 9/n)"
     )

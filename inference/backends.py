@@ -6,13 +6,21 @@ predictor per model version of an InferenceService. A process is started when a
 version enters a split and stopped (by PID) when it leaves every split. Each
 backend's state is what its own readiness endpoint says: ready, refused (the
 artifact failed verification; the reason comes from the 503 body), or failed
-(the process died or never answered).
+(the process died or never answered), or scaled to zero.
+
+Scale to zero, as Knative does it for a revision: a ready backend that served
+no request for ``idle_s`` is stopped and kept as ``scaled-to-zero``; the next
+request for it calls ``activate``, which starts a fresh process, and the router
+holds the request until it is ready (Knative's activator). A backend is
+stopped only with no request in flight: ``acquire``/``release`` count them
+under the pool's lock, the same lock the idle check holds.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -31,6 +39,8 @@ class BackendState(StrEnum):
     READY = "ready"
     REFUSED = "refused"
     FAILED = "failed"
+    #: Stopped for want of traffic; the next request starts it again.
+    SCALED_TO_ZERO = "scaled-to-zero"
 
 
 @dataclass
@@ -46,6 +56,12 @@ class Backend:
     state: BackendState = BackendState.STARTING
     reason: str | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
+    #: Set once the state is known (ready, refused, failed): what an activation waits for.
+    settled: threading.Event = field(default_factory=threading.Event)
+    #: Requests forwarded and not yet answered; changed under the pool's lock.
+    in_flight: int = 0
+    #: ``time.monotonic()`` of the last request (or of the start).
+    last_used: float = field(default_factory=time.monotonic)
 
     @property
     def url(self) -> str:
@@ -69,6 +85,8 @@ class PoolConfig:
     stop_grace_s: float = 10.0
     #: How often the store's generation and the processes are checked.
     poll_interval_s: float = 0.25
+    #: A ready backend unused for this long is stopped (scale to zero); 0: never.
+    idle_s: float = 0.0
 
 
 class BackendPool:
@@ -100,6 +118,33 @@ class BackendPool:
         with self._lock:
             return self._backends.get((model, version))
 
+    def acquire(self, model: str, version: int) -> Backend | None:
+        """The version's backend if it is ready, counted in flight until ``release``."""
+        with self._lock:
+            backend = self._backends.get((model, version))
+            if backend is None or backend.state is not BackendState.READY:
+                return None
+            backend.in_flight += 1
+            backend.last_used = time.monotonic()
+            return backend
+
+    def release(self, backend: Backend) -> None:
+        with self._lock:
+            backend.in_flight -= 1
+            backend.last_used = time.monotonic()
+
+    def activate(self, model: str, version: int) -> Backend | None:
+        """Start a scaled-to-zero version again; its backend (starting or not), or None."""
+        with self._lock:
+            key = (model, version)
+            backend = self._backends.get(key)
+            if backend is None or backend.state is not BackendState.SCALED_TO_ZERO:
+                return backend
+            backend = self._start_backend(model, version)
+            self._backends[key] = backend
+        self.log.info("backend.activating", model=model, version=version, pid=backend.process.pid)
+        return backend
+
     def not_ready(self) -> dict[str, dict[str, object]]:
         """Every version in a split that cannot serve yet, with its state."""
         if self.store.generation() != self._generation:
@@ -109,9 +154,10 @@ class BackendPool:
         with self._lock:
             wanted = [(s.model, v) for s in self._splits.values() for v in s.versions]
             result: dict[str, dict[str, object]] = {}
+            serving = (BackendState.READY, BackendState.SCALED_TO_ZERO)
             for key in wanted:
                 backend = self._backends.get(key)
-                if backend is None or backend.state is not BackendState.READY:
+                if backend is None or backend.state not in serving:
                     absent: dict[str, object] = {"state": "absent"}
                     result[f"{key[0]}/{key[1]}"] = backend.status() if backend else absent
             return result
@@ -141,6 +187,7 @@ class BackendPool:
                 if self.store.generation() != self._generation:
                     self.reconcile()
                 self._check_alive()
+                self._scale_idle_to_zero()
             except Exception as exc:  # the watcher must outlive one bad read
                 self.log.error("reconcile.failed", error=str(exc), error_type=type(exc).__name__)
 
@@ -173,6 +220,31 @@ class BackendPool:
                     f"its log: {backend.process.log_path}"
                 )
                 self.log.error("backend.died", model=backend.model, version=backend.version)
+
+    def _scale_idle_to_zero(self) -> None:
+        if self.config.idle_s <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            idle = [
+                b
+                for b in self._backends.values()
+                if b.state is BackendState.READY
+                and b.in_flight == 0
+                and now - b.last_used >= self.config.idle_s
+            ]
+            for backend in idle:
+                # Marked under the lock: from here acquire() skips it and the
+                # next request activates a fresh process instead.
+                backend.state = BackendState.SCALED_TO_ZERO
+        for backend in idle:
+            self.log.info(
+                "backend.scaled-to-zero",
+                model=backend.model,
+                version=backend.version,
+                idle_s=round(now - backend.last_used, 1),
+            )
+            self._stop_backend(backend)
 
     # -- one backend ---------------------------------------------------------------
 
@@ -219,6 +291,9 @@ class BackendPool:
                     "backend.failed", model=backend.model, version=backend.version, error=str(exc)
                 )
             return
+        finally:
+            backend.last_used = time.monotonic()  # idle time counts from ready
+            backend.settled.set()
         if backend.state is BackendState.READY:
             self.log.info("backend.ready", model=backend.model, version=backend.version)
         elif backend.state is BackendState.REFUSED:

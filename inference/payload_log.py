@@ -62,6 +62,8 @@ class Prediction:
     protocol: Protocol
     request: bytes
     response: bytes
+    #: The id the router gave the request (``x-falaj-inference-id``): outcomes refer to it.
+    inference_id: str = ""
 
 
 @dataclass
@@ -90,7 +92,7 @@ def decode(prediction: Prediction, features: tuple[str, ...]) -> InferenceLogged
         (output,) = [o for o in response["outputs"] if o.get("name") == OUTPUT_NAME]
         outputs = [float(v) for v in np.asarray(output["data"]).reshape(-1)]
     return InferenceLogged(
-        inference_id=str(uuid.uuid4()),
+        inference_id=prediction.inference_id or str(uuid.uuid4()),
         model=prediction.model,
         version=prediction.version,
         variant=prediction.variant,
@@ -107,8 +109,11 @@ class PayloadLogger:
         region: str,
         features: Callable[[str, int], tuple[str, ...]],
         capacity: int = DEFAULT_CAPACITY,
+        on_logged: Callable[[InferenceLogged], None] | None = None,
     ) -> None:
         self.publisher = publisher
+        #: Called on the worker thread with each decoded prediction (the router's metrics).
+        self._on_logged = on_logged
         self.region = region
         self._features = features
         # A version's feature names never change once it is registered.
@@ -183,6 +188,8 @@ class PayloadLogger:
                 error=f"{type(exc).__name__}: {exc}",
             )
             return None
+        if self._on_logged is not None:
+            self._on_logged(data)
         return make_event(
             EventType.INFERENCE_LOGGED,
             data,

@@ -15,16 +15,25 @@ replica. When the chosen version cannot serve (refused artifact, still
 starting), the other version of the split answers, so one bad version never
 takes the model down; a sticky key does not move, it gets a 503 instead, so
 the experiment's groups stay clean. Health endpoints are open, as kubelet probes carry no token.
+
+Every answer carries ``x-falaj-inference-id`` (the caller's, if it sent one):
+the payload log and outcome feedback (``POST /v2/models/<model>/outcomes``)
+refer to it. A version scaled to zero is started by the request that needs it,
+which is held until it is ready (Knative's activator). While a canary serves,
+a guard compares it with the stable version every second and rolls it back,
+audited and announced, when the rollback policy says it is worse.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,12 +51,16 @@ from falaj.auth import Action
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
 from falaj.errors import AuthError, FalajError
+from falaj.events import EventType, make_event
 from falaj.logs import configure_logging, get_logger
 from falaj.publisher import EventPublisher
 from falaj.registry import ModelRegistry
+from falaj.rollouts import RollbackPolicy, RolloutAction, Rollouts, RolloutStep, deployed_event
 from falaj.settings import PROJECT_ROOT, Settings
 from inference.backends import Backend, BackendPool, BackendState, PoolConfig
+from inference.errors import InvalidPayload
 from inference.inputs import DATATYPE, INPUT_NAME, OUTPUT_NAME
+from inference.outcomes import parse_outcomes
 from inference.payload_log import PayloadLogger, Prediction, Protocol
 from inference.variant_metrics import ServingMetrics
 
@@ -55,6 +68,12 @@ VERSION_HEADER = "x-falaj-model-version"
 VARIANT_HEADER = "x-falaj-variant"
 PIN_HEADER = "x-falaj-version"
 STICKY_HEADER = "x-falaj-ab-key"
+INFERENCE_ID_HEADER = "x-falaj-inference-id"
+#: Longest inference id a caller may choose (it is kept and logged).
+MAX_INFERENCE_ID = 200
+#: How often the guard judges each canary against its stable version.
+GUARD_INTERVAL_S = 1.0
+SOURCE = "/falaj/inference/router"
 #: Request headers a predictor needs to read the body (binary V2 tensors included).
 FORWARDED_HEADERS = ("content-type", "inference-header-content-length")
 
@@ -107,13 +126,24 @@ class Router:
     registry: ModelRegistry
     rng: random.Random
     http: httpx.AsyncClient
+    serving_metrics: ServingMetrics
+    rollouts: Rollouts
+    #: Announces what the guard did (``model.deployed``).
+    publisher: EventPublisher
 
     def __post_init__(self) -> None:
         self.log = get_logger(component="router")
         self._features: dict[tuple[str, int], tuple[str, ...]] = {}
         # The mirrored requests in flight: the loop keeps only weak references.
         self._shadows: set[asyncio.Task[None]] = set()
-        self.serving_metrics = ServingMetrics()
+        # One activation per scaled-to-zero version, awaited by every request that needs it.
+        self._activations: dict[tuple[str, int], asyncio.Task[None]] = {}
+        settings = self.ctx.settings
+        self.rollback_policy = RollbackPolicy(
+            min_requests=settings.rollback_min_requests,
+            error_rate_margin=settings.rollback_error_rate_margin,
+            p99_margin_ms=settings.rollback_p99_margin_ms,
+        )
 
     def features(self, model: str, version: int) -> tuple[str, ...]:
         # A version's metadata never changes once registered.
@@ -156,13 +186,20 @@ class Router:
         split = self.authorized_split(request, Action.PREDICT)
         if isinstance(split, JSONResponse):
             return split
-        name = split.model
-        chosen = self._choose(
+        inference_id = request.headers.get(INFERENCE_ID_HEADER) or uuid.uuid4().hex
+        if len(inference_id) > MAX_INFERENCE_ID:
+            return error(
+                400,
+                f"{INFERENCE_ID_HEADER}: expected at most {MAX_INFERENCE_ID} characters, "
+                f"got {len(inference_id)}",
+            )
+        chosen = await self._choose(
             split, request.headers.get(PIN_HEADER), request.headers.get(STICKY_HEADER)
         )
         if isinstance(chosen, JSONResponse):
             return chosen
         backend, variant = chosen
+        name = split.model
         path = (
             f"/v1/models/{name}:predict" if protocol is Protocol.V1 else f"/v2/models/{name}/infer"
         )
@@ -181,6 +218,8 @@ class Router:
             return error(
                 502, f"{name} version {backend.version} did not answer ({type(exc).__name__})"
             )
+        finally:
+            self.pool.release(backend)
         self.serving_metrics.observe(
             name,
             backend.version,
@@ -192,54 +231,60 @@ class Router:
             upstream.content,
             status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "application/json"),
-            headers={VERSION_HEADER: str(backend.version), VARIANT_HEADER: str(variant)},
+            headers={
+                VERSION_HEADER: str(backend.version),
+                VARIANT_HEADER: str(variant),
+                INFERENCE_ID_HEADER: inference_id,
+            },
         )
         if upstream.status_code == 200:
             self.payloads.submit(
-                Prediction(name, backend.version, str(variant), protocol, body, upstream.content)
+                Prediction(
+                    name,
+                    backend.version,
+                    str(variant),
+                    protocol,
+                    body,
+                    upstream.content,
+                    inference_id,
+                )
             )
         if split.shadow_version is not None:
-            task = asyncio.create_task(
-                self._mirror(split, split.shadow_version, path, body, headers, protocol)
+            mirrored = Prediction(
+                name, split.shadow_version, str(Variant.SHADOW), protocol, body, b"", inference_id
             )
+            task = asyncio.create_task(self._mirror(mirrored, path, headers))
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
         return response
 
-    async def _mirror(
-        self,
-        split: TrafficSplit,
-        version: int,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-        protocol: Protocol,
-    ) -> None:
+    async def _mirror(self, mirrored: Prediction, path: str, headers: dict[str, str]) -> None:
         """Send a copy to the shadow version after the caller's answer is on its way.
 
         Its answer is logged as the ``shadow`` variant and goes nowhere else; a
         shadow that is not ready or fails costs a log line, never a caller.
         """
-        backend = self.pool.backend(split.model, version)
-        if backend is None or backend.state is not BackendState.READY:
+        backend = await self._acquire(mirrored.model, mirrored.version)
+        if backend is None:
             return
         try:
-            answer = await self.http.post(f"{backend.url}{path}", content=body, headers=headers)
+            answer = await self.http.post(
+                f"{backend.url}{path}", content=mirrored.request, headers=headers
+            )
         except httpx.HTTPError as exc:
             self.log.warning(
-                "shadow.unreachable", model=split.model, version=version, error=str(exc)
+                "shadow.unreachable", model=mirrored.model, version=mirrored.version, error=str(exc)
             )
             return
+        finally:
+            self.pool.release(backend)
         if answer.status_code == 200:
-            self.payloads.submit(
-                Prediction(
-                    split.model, version, str(Variant.SHADOW), protocol, body, answer.content
-                )
-            )
+            self.payloads.submit(dataclasses.replace(mirrored, response=answer.content))
 
-    def _choose(
+    async def _choose(
         self, split: TrafficSplit, pin: str | None, sticky_key: str | None = None
     ) -> tuple[Backend, Variant] | JSONResponse:
+        """A ready backend for the request, counted in flight (the caller releases it)."""
         if pin is not None:
             if not pin.isdigit() or int(pin) not in split.versions:
                 return error(
@@ -257,13 +302,116 @@ class Router:
         for variant in preferred:
             if variant is Variant.CANARY and split.canary_version is None:
                 continue
-            backend = self.pool.backend(split.model, version_of(split, variant))
-            if backend is not None and backend.state is BackendState.READY:
+            backend = await self._acquire(split.model, version_of(split, variant))
+            if backend is not None:
                 return backend, variant
         return error(
             503,
             f"no version of {split.model!r} can serve now",
             versions=self._status(split),
+        )
+
+    async def _acquire(self, model: str, version: int) -> Backend | None:
+        """The version's ready backend; one scaled to zero is started and waited for first."""
+        backend = self.pool.acquire(model, version)
+        if backend is not None:
+            return backend
+        key = (model, version)
+        activation = self._activations.get(key)
+        if activation is None:
+            current = self.pool.backend(model, version)
+            if current is None or current.state is not BackendState.SCALED_TO_ZERO:
+                return None
+            activation = asyncio.create_task(self._activate(model, version))
+            self._activations[key] = activation
+            activation.add_done_callback(lambda _: self._activations.pop(key, None))
+        # Shielded: a caller that gives up must not cancel the others' activation.
+        await asyncio.shield(activation)
+        return self.pool.acquire(model, version)
+
+    async def _activate(self, model: str, version: int) -> None:
+        started = time.perf_counter()
+        backend = await asyncio.to_thread(self.pool.activate, model, version)
+        if backend is None:
+            return
+        timeout_s = self.ctx.settings.serving_activation_timeout_s
+        settled = await asyncio.to_thread(backend.settled.wait, timeout_s)
+        ready = backend.state is BackendState.READY
+        self.log.info(
+            "backend.activated" if ready else "backend.activation.failed",
+            model=model,
+            version=version,
+            state=str(backend.state),
+            settled=settled,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    # -- automatic rollback ------------------------------------------------------------
+
+    async def guard_canaries(self) -> None:
+        """Judge every canary against its stable version, every ``GUARD_INTERVAL_S``."""
+        while True:
+            await asyncio.sleep(GUARD_INTERVAL_S)
+            for model in self.pool.models():
+                split = self.pool.split(model)
+                evidence = None if split is None else self.serving_metrics.evidence(split)
+                if split is None or evidence is None:
+                    continue
+                verdict = self.rollback_policy.verdict(*evidence)
+                if verdict is None:
+                    continue
+                try:
+                    await asyncio.to_thread(self.roll_back, split, verdict)
+                except Exception as exc:  # the guard must outlive one failed rollback
+                    self.log.error(
+                        "rollback.failed", model=model, error=f"{type(exc).__name__}: {exc}"
+                    )
+
+    def roll_back(self, split: TrafficSplit, reason: str) -> None:
+        """Take ``split``'s canary out (audited), and announce it with ``model.deployed``."""
+        step = RolloutStep(
+            model=split.model,
+            action=RolloutAction.ROLLBACK,
+            version=split.canary_version,
+            reason=f"automatic: {reason}",
+            requested_by=SOURCE,
+        )
+        result = self.rollouts.apply(step, actor=self.ctx.actor)
+        if not result.changed:
+            return  # another router replica was first
+        self.log.warning(
+            "canary.rolled-back", model=split.model, version=split.canary_version, reason=reason
+        )
+        try:
+            self.publisher.publish(
+                make_event(
+                    EventType.MODEL_DEPLOYED,
+                    deployed_event(result.after, step),
+                    region=self.ctx.settings.region,
+                    source=SOURCE,
+                    subject=f"{split.model}/{split.canary_version}",
+                )
+            )
+        except FalajError as exc:
+            # The rollback stands (stored and audited); only the announcement is lost.
+            self.log.error("rollback.announce.failed", model=split.model, error=str(exc))
+
+    # -- outcome feedback --------------------------------------------------------------
+
+    async def outcomes(self, request: Request) -> Response:
+        """Outcomes of earlier predictions, credited to the variants that made them."""
+        split = self.authorized_split(request, Action.PREDICT)
+        if isinstance(split, JSONResponse):
+            return split
+        try:
+            outcomes = parse_outcomes(
+                request.headers, await request.body(), model=split.model, policy=self.ctx.policy
+            )
+        except InvalidPayload as exc:
+            return error(400, str(exc))
+        matched = sum(self.serving_metrics.observe_outcome(o) for o in outcomes)
+        return JSONResponse(
+            {"received": len(outcomes), "matched": matched, "unmatched": len(outcomes) - matched}
         )
 
     # -- metadata and health ---------------------------------------------------------
@@ -280,11 +428,13 @@ class Router:
         }
 
     def _backend_status(self, model: str, version: int) -> dict[str, object]:
+        # A version scaled to zero still serves: its next request starts it.
         backend = self.pool.backend(model, version)
         return backend.status() if backend else {"state": "absent"}
 
     def _ready(self, split: TrafficSplit) -> bool:
-        return all(s["state"] == BackendState.READY for s in self._status(split).values())
+        serving = (BackendState.READY, BackendState.SCALED_TO_ZERO)
+        return all(s["state"] in serving for s in self._status(split).values())
 
     async def ab_report(self, request: Request) -> Response:
         """Per-variant requests, errors and latency, and the canary against the stable one."""
@@ -361,9 +511,16 @@ def create_app(router: Router) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         router.payloads.start()
         router.pool.start()
+        guard = (
+            asyncio.create_task(router.guard_canaries())
+            if router.ctx.settings.rollback_auto
+            else None
+        )
         try:
             yield
         finally:
+            if guard is not None:
+                guard.cancel()
             router.pool.stop()
             router.payloads.stop()
             await router.http.aclose()
@@ -376,6 +533,7 @@ def create_app(router: Router) -> Starlette:
         ("/v2/models/{name}/ready", router.model_ready, ["GET"]),
         ("/v2/models/{name}", router.model_metadata, ["GET"]),
         ("/v2/models/{name}/ab", router.ab_report, ["GET"]),
+        ("/v2/models/{name}/outcomes", router.outcomes, ["POST"]),
         ("/v2/health/live", router.live, ["GET"]),
         ("/v2/health/ready", router.ready, ["GET"]),
         ("/metrics", router.metrics, ["GET"]),
@@ -389,21 +547,24 @@ def create_app(router: Router) -> Starlette:
 def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
     """Everything one router process holds, from its context and base environment."""
     settings = ctx.settings
+    store = DeploymentStore(ctx)
     pool = BackendPool(
         PoolConfig(
             host=settings.host,
             env={**base_env, **settings.to_env()},
             log_dir=ctx.paths.logs,
             cwd=PROJECT_ROOT,
+            idle_s=settings.serving_idle_s,
         ),
-        DeploymentStore(ctx),
+        store,
     )
     registry = ModelRegistry(ctx)
-    publisher = EventPublisher(settings.broker_ingress, settings.bearer_token(), timeout_s=5.0)
+    metrics = ServingMetrics()
     payloads = PayloadLogger(
-        publisher,
+        EventPublisher(settings.broker_ingress, settings.bearer_token(), timeout_s=5.0),
         region=settings.region,
         features=lambda model, version: registry.get(model, version).feature_names,
+        on_logged=metrics.observe_predictions,
     )
     return Router(
         ctx=ctx,
@@ -413,6 +574,10 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
         rng=random.Random(),
         # Keep-alive connections to the predictors; a prediction is ~1 ms.
         http=httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_keepalive_connections=32)),
+        serving_metrics=metrics,
+        rollouts=Rollouts(ctx, store, registry),
+        # Its own publisher: the payload log's belongs to the payload thread.
+        publisher=EventPublisher(settings.broker_ingress, settings.bearer_token(), timeout_s=5.0),
     )
 
 

@@ -2,16 +2,21 @@
 
 For each (model, version, variant) the router counts requests, server errors
 (5xx from the predictor, or no answer) and caller errors (4xx), and keeps the
-latency of the most recent requests (a bounded window, so memory stays flat
-under any traffic). The report compares the canary (``b``) with the stable
-version (``a``) of the split that serves now: error rate by the two-proportion
-z-test, latency by Welch's t-test (``falaj.ab_stats``).
+latency of the most recent requests. From the payload log (off the request
+path) it keeps the most recent predictions, and it remembers which variant
+answered each recent inference id, so an outcome reported later (the
+transaction really was fraud) is credited to the variant that predicted it.
+Every window is bounded, so memory stays flat under any traffic.
+
+The report compares the canary (``b``) with the stable version (``a``) of the
+split that serves now: error rate and accuracy by the two-proportion z-test,
+latency and the mean prediction by Welch's t-test (``falaj.ab_stats``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +24,20 @@ import numpy as np
 
 from falaj.ab_stats import compare_means, compare_rates
 from falaj.deployments import TrafficSplit
+from falaj.events import InferenceLogged, InferenceOutcome
+from falaj.rollouts import VariantEvidence
 
-#: Latencies kept per variant: enough for a test's power, bounded for memory.
-LATENCY_WINDOW = 10_000
+#: Latencies and predictions kept per variant: enough for a test's power, bounded for memory.
+WINDOW = 10_000
+#: Inference ids remembered for outcome feedback (oldest forgotten first).
+REMEMBERED_INFERENCES = 100_000
+#: A probability at or above this is the positive class (for accuracy and positive rate).
+THRESHOLD = 0.5
+HISTOGRAM_BINS = 10
+
+
+def _window() -> deque[float]:
+    return deque(maxlen=WINDOW)
 
 
 @dataclass
@@ -29,32 +45,82 @@ class VariantMetrics:
     requests: int = 0
     server_errors: int = 0
     caller_errors: int = 0
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    latencies_ms: deque[float] = field(default_factory=_window)
+    predictions: deque[float] = field(default_factory=_window)
+    outcomes: int = 0
+    correct: int = 0
+
+    def copy(self) -> VariantMetrics:
+        return VariantMetrics(
+            self.requests,
+            self.server_errors,
+            self.caller_errors,
+            deque(self.latencies_ms, maxlen=WINDOW),
+            deque(self.predictions, maxlen=WINDOW),
+            self.outcomes,
+            self.correct,
+        )
+
+    def p99_ms(self) -> float | None:
+        return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else None
+
+    def evidence(self) -> VariantEvidence:
+        return VariantEvidence(self.requests, self.server_errors, self.p99_ms())
 
     def to_json(self) -> dict[str, Any]:
         latencies = np.asarray(self.latencies_ms)
+        predictions = np.asarray(self.predictions)
+        histogram, _ = np.histogram(predictions, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
         return {
             "requests": self.requests,
             "server_errors": self.server_errors,
             "caller_errors": self.caller_errors,
             "error_rate": self.server_errors / self.requests if self.requests else None,
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies.size else None,
-            "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies.size else None,
+            "latency_p99_ms": self.p99_ms(),
+            "predictions": {
+                "count": int(predictions.size),
+                "mean": float(predictions.mean()) if predictions.size else None,
+                "positive_rate": (
+                    float((predictions >= THRESHOLD).mean()) if predictions.size else None
+                ),
+                # Ten equal bins over [0, 1]: the shape of what the variant answers.
+                "histogram": [int(c) for c in histogram],
+            },
+            "outcomes": {
+                "count": self.outcomes,
+                "accuracy": self.correct / self.outcomes if self.outcomes else None,
+            },
         }
 
 
+@dataclass(frozen=True)
+class _Answered:
+    """Which variant answered one inference id, with the rows it predicted."""
+
+    model: str
+    version: int
+    variant: str
+    outputs: tuple[float, ...]
+
+
 class ServingMetrics:
-    """The router's counters; one lock, as requests finish on the event loop and tests read."""
+    """The router's counters; one lock, as the event loop, the payload thread and tests meet."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._variants: dict[tuple[str, int, str], VariantMetrics] = {}
+        # inference id -> every variant that answered it (the caller's and a shadow's).
+        self._answered: OrderedDict[str, list[_Answered]] = OrderedDict()
+
+    def _metrics(self, model: str, version: int, variant: str) -> VariantMetrics:
+        return self._variants.setdefault((model, version, variant), VariantMetrics())
 
     def observe(
         self, model: str, version: int, variant: str, status: int, latency_ms: float
     ) -> None:
         with self._lock:
-            metrics = self._variants.setdefault((model, version, variant), VariantMetrics())
+            metrics = self._metrics(model, version, variant)
             metrics.requests += 1
             if status >= 500:
                 metrics.server_errors += 1
@@ -62,8 +128,42 @@ class ServingMetrics:
                 metrics.caller_errors += 1
             metrics.latencies_ms.append(latency_ms)
 
-    def report(self, split: TrafficSplit) -> dict[str, Any]:
-        """Every variant of ``split`` and, with a canary, its comparison with the stable one."""
+    def observe_predictions(self, logged: InferenceLogged) -> None:
+        """One logged prediction: its outputs, and who answered its inference id."""
+        answered = _Answered(logged.model, logged.version, logged.variant, tuple(logged.outputs))
+        with self._lock:
+            self._metrics(logged.model, logged.version, logged.variant).predictions.extend(
+                logged.outputs
+            )
+            self._answered.setdefault(logged.inference_id, []).append(answered)
+            self._answered.move_to_end(logged.inference_id)
+            while len(self._answered) > REMEMBERED_INFERENCES:
+                self._answered.popitem(last=False)
+
+    def observe_outcome(self, outcome: InferenceOutcome) -> bool:
+        """Credit ``outcome`` to every variant that answered its id; False if none is known."""
+        with self._lock:
+            answers = [
+                a
+                for a in self._answered.get(outcome.inference_id, [])
+                if a.model == outcome.model and outcome.row < len(a.outputs)
+            ]
+            for answer in answers:
+                metrics = self._metrics(answer.model, answer.version, answer.variant)
+                metrics.outcomes += 1
+                predicted = answer.outputs[outcome.row] >= THRESHOLD
+                metrics.correct += int(predicted == (outcome.label >= THRESHOLD))
+        return bool(answers)
+
+    def evidence(self, split: TrafficSplit) -> tuple[VariantEvidence, VariantEvidence] | None:
+        """The stable's and the canary's evidence, while the split has a canary."""
+        if split.canary_version is None:
+            return None
+        stable, canary = self._pair(split)
+        assert canary is not None
+        return stable.evidence(), canary.evidence()
+
+    def _pair(self, split: TrafficSplit) -> tuple[VariantMetrics, VariantMetrics | None]:
         with self._lock:
             stable = self._copy(split.model, split.stable_version, "stable")
             canary = (
@@ -71,7 +171,16 @@ class ServingMetrics:
                 if split.canary_version is None
                 else self._copy(split.model, split.canary_version, "canary")
             )
+        return stable, canary
+
+    def report(self, split: TrafficSplit) -> dict[str, Any]:
+        """Every variant of ``split`` and, with a canary, its comparison with the stable one."""
+        stable, canary = self._pair(split)
         variants = {f"v{split.stable_version} (stable)": stable.to_json()}
+        if split.shadow_version is not None:
+            with self._lock:
+                shadow = self._copy(split.model, split.shadow_version, "shadow")
+            variants[f"v{split.shadow_version} (shadow)"] = shadow.to_json()
         if canary is None:
             return {"variants": variants, "comparison": None}
         variants[f"v{split.canary_version} (canary)"] = canary.to_json()
@@ -84,11 +193,14 @@ class ServingMetrics:
                 "latency_ms": compare_means(
                     list(stable.latencies_ms), list(canary.latencies_ms)
                 ).to_json(),
+                "prediction_mean": compare_means(
+                    list(stable.predictions), list(canary.predictions)
+                ).to_json(),
+                "accuracy": compare_rates(
+                    stable.correct, stable.outcomes, canary.correct, canary.outcomes
+                ).to_json(),
             },
         }
 
     def _copy(self, model: str, version: int, variant: str) -> VariantMetrics:
-        found = self._variants.get((model, version, variant), VariantMetrics())
-        return VariantMetrics(
-            found.requests, found.server_errors, found.caller_errors, deque(found.latencies_ms)
-        )
+        return self._variants.get((model, version, variant), VariantMetrics()).copy()

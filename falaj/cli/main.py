@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from falaj.audit import AuditLog
 from falaj.auth import Role
+from falaj.cli.options import (
+    HomeOption,
+    JsonOption,
+    ModelArgument,
+    console,
+    err_console,
+    fail,
+    settings_for,
+)
+from falaj.cli.rollout import rollout_app
 from falaj.context import Paths
 from falaj.errors import AuditTampered, FalajError
 from falaj.events import export_schemas
@@ -49,24 +58,10 @@ train_app = typer.Typer(
     help="Training runs: what runs, how far it came, and what waits.", no_args_is_help=True
 )
 app.add_typer(train_app, name="train")
+app.add_typer(rollout_app, name="rollout")
 
-console = Console()
-err_console = Console(stderr=True)
-
-HomeOption = Annotated[
-    Path | None, typer.Option("--home", help="state folder (default .falaj, or FALAJ_HOME)")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-
-def _settings(home: Path | None) -> Settings:
-    overrides = {"home": home} if home is not None else {}
-    return Settings.from_env(os.environ, **overrides)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
+_settings = settings_for
+_fail = fail
 
 
 def _user_token(paths: Paths, role: Role) -> str:
@@ -411,7 +406,6 @@ def events_replay(
 
 # -- the model registry ------------------------------------------------------------
 
-ModelArgument = Annotated[str, typer.Argument(help="the model's name, e.g. fraud")]
 VersionOption = Annotated[
     str | None,
     typer.Option(

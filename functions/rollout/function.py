@@ -1,36 +1,42 @@
-"""Rollout: a registered model version goes out as stable (the first) or canary.
+"""Rollout: every change of a model's traffic split that comes as an event.
 
-Before anything is served, the version's region is checked against the
-residency policy at the model-deploy boundary. The new split is written to the
-deployment store (the local InferenceService), audited, and announced with
-``model.deployed`` so the rest of the loop sees what serves traffic.
+``model.registered``: the first version becomes stable, a later one the canary
+with ``FALAJ_CANARY_PERCENT`` of the traffic. ``rollout.requested``: a person
+or the loop asks to start or resize a canary, promote it, roll it back, or
+shadow a version. Either way ``falaj.rollouts`` checks the step (residency at
+the model-deploy boundary included), writes the split to the deployment store
+(the local InferenceService) and audits it; this function announces the new
+split with ``model.deployed`` so the rest of the loop sees what serves.
+
+A step that does not fit the split (promote without a canary) is refused with
+``RolloutRefused`` (409): the broker dead-letters it with the reason, as it
+would never succeed on retry.
 """
 
 from __future__ import annotations
 
-from falaj.deployments import DeploymentStore, TrafficSplit, now_iso
+from falaj.deployments import DeploymentStore, TrafficSplit
 from falaj.errors import EventError, FalajError
-from falaj.events import EventType, ModelDeployed, ModelRegistered, ParsedEvent
+from falaj.events import EventType, ModelRegistered, ParsedEvent, RolloutRequested
 from falaj.function import CloudEventFunction
 from falaj.logs import get_logger
 from falaj.registry import ModelRegistry
-from falaj.residency import Boundary
-from functions.rollout.split import split_for_new_version
+from falaj.rollouts import RolloutAction, Rollouts, RolloutStep, deployed_event
 
 
 class RolloutFunction(CloudEventFunction):
     name = "rollout"
-    accepts = frozenset({EventType.MODEL_REGISTERED})
+    accepts = frozenset({EventType.MODEL_REGISTERED, EventType.ROLLOUT_REQUESTED})
 
     def __init__(self) -> None:
         super().__init__()
         self._store: DeploymentStore | None = None
-        self._registry: ModelRegistry | None = None
+        self._rollouts: Rollouts | None = None
         self.log = get_logger(function=self.name)
 
     def on_start(self) -> None:
         self._store = DeploymentStore(self.ctx)
-        self._registry = ModelRegistry(self.ctx)
+        self._rollouts = Rollouts(self.ctx, self._store, ModelRegistry(self.ctx))
 
     def stop(self) -> None:
         if self._store is not None:
@@ -39,64 +45,55 @@ class RolloutFunction(CloudEventFunction):
         super().stop()
 
     def handle(self, event: ParsedEvent) -> None:
-        data = event.data
-        if not isinstance(data, ModelRegistered):
-            raise EventError(f"{self.name} deploys {EventType.MODEL_REGISTERED} events only")
-        if self._store is None or self._registry is None:
+        if self._rollouts is None:
             raise FalajError(f"function {self.name} used before start()")
-        # The registry, not the event, is the authority on where the version lives.
-        version = self._registry.get(data.model, data.version)
-        self.ctx.policy.check_region(
-            version.region,
-            resource=f"model {data.model} version {data.version}",
-            boundary=Boundary.MODEL_DEPLOY,
-        )
-        split = split_for_new_version(
-            self._store.get(data.model),
-            model=data.model,
-            version=data.version,
-            canary_percent=self.ctx.settings.canary_percent,
-            updated=now_iso(),
-        )
-        if split is None:
-            current = self._store.get(data.model)
-            if current is not None and data.version in current.versions:
-                # A redelivery: the split may have been stored by an attempt
-                # whose announcement failed, so announce it again.
-                self._announce(current, data.version)
-            self.log.info("already-deployed", model=data.model, version=data.version)
+        step = _step(event)
+        result = self._rollouts.apply(step, actor=self.ctx.actor)
+        superseded = step.version not in result.after.running_versions
+        if not result.changed and step.action is RolloutAction.DEPLOY and superseded:
+            # A late event for an older version: nothing serves it, nothing to say.
+            self.log.info("already-superseded", model=step.model, version=step.version)
             return
-        self._store.set(split)
-        is_canary = split.canary_version == data.version
-        self.ctx.audit.record(
-            "model.canary" if is_canary else "model.deployed",
-            actor=self.ctx.actor,
-            resource=f"model/{data.model}/{data.version}",
-            region=version.region,
-            details={
-                "stable_version": split.stable_version,
-                "canary_version": split.canary_version,
-                "canary_percent": split.canary_percent,
-                "digest": version.digest,
-            },
-        )
-        self._announce(split, data.version)
+        # Announced on a redelivery too: the split may have been stored by an
+        # attempt whose announcement failed.
+        self._announce(result.after, step)
         self.log.info(
-            "deployed",
-            model=split.model,
-            stable_version=split.stable_version,
-            canary_version=split.canary_version,
-            canary_percent=split.canary_percent,
+            "split.changed" if result.changed else "split.unchanged",
+            model=step.model,
+            action=str(step.action),
+            stable_version=result.after.stable_version,
+            canary_version=result.after.canary_version,
+            canary_percent=result.after.canary_percent,
         )
 
-    def _announce(self, split: TrafficSplit, version: int) -> None:
+    def _announce(self, split: TrafficSplit, step: RolloutStep) -> None:
         self.emit(
             EventType.MODEL_DEPLOYED,
-            ModelDeployed(
-                model=split.model,
-                stable_version=split.stable_version,
-                canary_version=split.canary_version,
-                canary_percent=split.canary_percent,
-            ),
-            subject=f"{split.model}/{version}",
+            deployed_event(split, step),
+            subject=f"{split.model}/{step.version or split.stable_version}",
         )
+
+
+def _step(event: ParsedEvent) -> RolloutStep:
+    data = event.data
+    if isinstance(data, ModelRegistered):
+        return RolloutStep(
+            model=data.model,
+            action=RolloutAction.DEPLOY,
+            version=data.version,
+            reason="a new version was registered",
+            requested_by=event.source,
+        )
+    if isinstance(data, RolloutRequested):
+        return RolloutStep(
+            model=data.model,
+            action=RolloutAction(data.action),
+            version=data.version,
+            percent=data.percent,
+            reason=data.reason,
+            requested_by=event.source,
+        )
+    raise EventError(
+        f"rollout takes {EventType.MODEL_REGISTERED} and {EventType.ROLLOUT_REQUESTED} events, "
+        f"got {event.type}"
+    )

@@ -10,13 +10,14 @@ from onnx import TensorProto, helper
 
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
-from falaj.errors import ResidencyViolation
+from falaj.errors import RegistryError, ResidencyViolation, RolloutRefused
 from falaj.events import (
     EventData,
     EventType,
     ModelDeployed,
     ModelRegistered,
     ParsedEvent,
+    RolloutRequested,
     make_event,
     parse_event,
 )
@@ -24,7 +25,6 @@ from falaj.profile import ReferenceProfile
 from falaj.registry import ModelRegistry
 from falaj.settings import UAE_REGIONS, Settings
 from functions.rollout.function import RolloutFunction
-from functions.rollout.split import split_for_new_version
 
 FEATURES = ("amount", "hour")
 
@@ -89,33 +89,6 @@ def rollout(ctx: Context) -> Iterator[CapturingRollout]:
     function.stop()
 
 
-# -- the split policy -------------------------------------------------------------------
-
-
-def test_first_version_is_stable_at_full_traffic() -> None:
-    split = split_for_new_version(None, model="fraud", version=1, canary_percent=10, updated="t")
-    assert split == TrafficSplit("fraud", 1, None, 0, "t")
-
-
-def test_later_version_is_a_canary_beside_stable_and_replaces_an_old_canary() -> None:
-    stable = TrafficSplit("fraud", 1, updated="t0")
-    split = split_for_new_version(stable, model="fraud", version=2, canary_percent=10, updated="t")
-    assert split == TrafficSplit("fraud", 1, 2, 10, "t")
-    newer = split_for_new_version(split, model="fraud", version=3, canary_percent=25, updated="u")
-    assert newer == TrafficSplit("fraud", 1, 3, 25, "u")
-
-
-@pytest.mark.parametrize("version", [1, 2, 3])
-def test_served_or_older_version_changes_nothing(version: int) -> None:
-    current = TrafficSplit("fraud", 2, 3, 10, "t")
-    assert (
-        split_for_new_version(
-            current, model="fraud", version=version, canary_percent=10, updated="u"
-        )
-        is None
-    )
-
-
 # -- the function -------------------------------------------------------------------------
 
 
@@ -135,11 +108,22 @@ def test_first_version_stable_then_second_canary(rollout: CapturingRollout, ctx:
     assert rollout.emitted == [
         (
             EventType.MODEL_DEPLOYED,
-            ModelDeployed(model="fraud", stable_version=1, canary_percent=0),
+            ModelDeployed(
+                model="fraud",
+                stable_version=1,
+                canary_percent=0,
+                reason="a new version was registered",
+            ),
         ),
         (
             EventType.MODEL_DEPLOYED,
-            ModelDeployed(model="fraud", stable_version=1, canary_version=2, canary_percent=10),
+            ModelDeployed(
+                model="fraud",
+                stable_version=1,
+                canary_version=2,
+                canary_percent=10,
+                reason="a new version was registered",
+            ),
         ),
     ]
     actions = [(e["action"], e["resource"]) for e in ctx.audit.entries()]
@@ -185,3 +169,56 @@ def test_out_of_region_version_is_refused_and_audited(
     assert refusals[0]["resource"] == "model fraud version 1"
     assert refusals[0]["region"] == "eu-central-1"
     assert refusals[0]["details"]["boundary"] == "model-deploy"
+
+
+def requested_event(ctx: Context, **data: object) -> ParsedEvent:
+    event = make_event(
+        EventType.ROLLOUT_REQUESTED,
+        RolloutRequested(model="fraud", **data),  # type: ignore[arg-type]
+        region=ctx.settings.region,
+    )
+    return parse_event(event, ctx.policy)
+
+
+def test_requested_steps_resize_promote_and_roll_back_with_audit(
+    rollout: CapturingRollout, ctx: Context
+) -> None:
+    for _ in range(3):
+        rollout.handle(registered_event(ctx, register(ctx)))
+    store = DeploymentStore(ctx)
+    assert store.get("fraud") == TrafficSplit("fraud", 1, 3, 10, store.get("fraud").updated)  # type: ignore[union-attr]
+
+    rollout.handle(requested_event(ctx, action="canary", percent=50, reason="more evidence"))
+    split = store.get("fraud")
+    assert split is not None and (split.canary_version, split.canary_percent) == (3, 50)
+
+    rollout.handle(requested_event(ctx, action="promote", version=3))
+    split = store.get("fraud")
+    assert split is not None and split.versions == (3,)
+
+    rollout.handle(requested_event(ctx, action="canary", version=2, percent=20))
+    rollout.handle(requested_event(ctx, action="rollback", reason="worse AUC"))
+    split = store.get("fraud")
+    assert split is not None and split.versions == (3,)
+
+    actions = [e.action for _, e in rollout.emitted if isinstance(e, ModelDeployed)]
+    assert actions[-4:] == ["canary", "promote", "canary", "rollback"]
+    rolled_back = [e for e in ctx.audit.entries() if e["action"] == "model.rolled_back"]
+    assert len(rolled_back) == 1
+    assert rolled_back[0]["details"]["reason"] == "worse AUC"
+    assert rolled_back[0]["details"]["before"] == ("stable version 3, canary version 2 at 20%")
+    assert rolled_back[0]["details"]["requested_by"] == "/falaj/cli"
+
+
+def test_a_step_that_does_not_fit_the_split_is_refused_and_audited(
+    rollout: CapturingRollout, ctx: Context
+) -> None:
+    rollout.handle(registered_event(ctx, register(ctx)))
+    with pytest.raises(RolloutRefused, match=r"no canary to promote \(stable version 1"):
+        rollout.handle(requested_event(ctx, action="promote"))
+    with pytest.raises(RegistryError):
+        rollout.handle(requested_event(ctx, action="canary", version=7))
+    refused = [e for e in ctx.audit.entries() if e["outcome"] == "refused"]
+    assert [e["action"] for e in refused] == ["model.promoted", "model.canary"]
+    split = DeploymentStore(ctx).get("fraud")
+    assert split is not None and split.versions == (1,)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
 import signal
 import sys
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from cloudevents.conversion import to_binary
 
 from falaj.auth import Role
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
-from falaj.events import EventType, InferenceLogged
+from falaj.events import EventType, InferenceLogged, InferenceOutcome, ModelDeployed, make_event
 from falaj.registry import MODEL_FILE
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
 from falaj.settings import PROJECT_ROOT
@@ -35,6 +37,7 @@ from tests.inference.conftest import (
     sample_rows,
     wait_until,
 )
+from tests.support.models import failing_onnx
 
 REQUESTS = 1000
 
@@ -69,6 +72,8 @@ class RunningRouter:
     user: str
     viewer: str
     service: str
+    #: Predictor PIDs a test saw (a scaled-to-zero one is gone from the status).
+    predictor_pids: set[int] = field(default_factory=set)
 
 
 def alive(pid: int) -> bool:
@@ -79,46 +84,68 @@ def alive(pid: int) -> bool:
     return True
 
 
+RouterStarter = Callable[..., RunningRouter]
+
+
 @pytest.fixture
-def router(ctx: Context, broker: BrokerStandIn) -> Iterator[RunningRouter]:
-    service = ctx.tokens.issue("router", Role.SERVICE)
-    settings = ctx.settings.model_copy(
-        update={"router_port": free_port(), "broker_url": broker.url, "token": service}
-    )
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    process = ManagedProcess(
-        name="router",
-        argv=[sys.executable, "-m", "inference.router"],
-        env={**base, **settings.to_env()},
-        log_path=ctx.paths.logs / "router.log",
-        cwd=PROJECT_ROOT,
-        grace_s=20.0,
-    ).start()
-    seen_pids: set[int] = set()
-    running = RunningRouter(
-        process=process,
-        url=f"http://127.0.0.1:{settings.router_port}",
-        user=ctx.tokens.issue("analyst", Role.DATA_SCIENTIST),
-        viewer=ctx.tokens.issue("watcher", Role.VIEWER),
-        service=service,
-    )
-    try:
+def start_router(ctx: Context, broker: BrokerStandIn) -> Iterator[RouterStarter]:
+    """Start ``inference.router`` with setting overrides; each is stopped with its predictors."""
+    started: list[RunningRouter] = []
+
+    def start(**overrides: object) -> RunningRouter:
+        service = ctx.tokens.issue("router", Role.SERVICE)
+        settings = ctx.settings.model_copy(
+            update={
+                "router_port": free_port(),
+                "broker_url": broker.url,
+                "token": service,
+                **overrides,
+            }
+        )
+        base = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
+        process = ManagedProcess(
+            name="router",
+            argv=[sys.executable, "-m", "inference.router"],
+            env={**base, **settings.to_env()},
+            log_path=ctx.paths.logs / "router.log",
+            cwd=PROJECT_ROOT,
+            grace_s=20.0,
+        ).start()
+        running = RunningRouter(
+            process=process,
+            url=f"http://127.0.0.1:{settings.router_port}",
+            user=ctx.tokens.issue("analyst", Role.DATA_SCIENTIST),
+            viewer=ctx.tokens.issue("watcher", Role.VIEWER),
+            service=service,
+        )
+        started.append(running)
         process.wait_ready(ReadyCheck("127.0.0.1", settings.router_port, "/v2/health/live"))
-        yield running
-    finally:
-        # The predictors the router started are the router's to stop; any it
-        # left behind would show up here.
-        with contextlib.suppress(httpx.HTTPError):
-            status = httpx.get(
-                f"{running.url}/v2/models/fraud",
-                headers={"Authorization": f"Bearer {running.viewer}"},
-            ).json()["status"]
-            seen_pids.update(int(s["pid"]) for s in status.values() if s.get("pid"))
-        process.stop()
-        leftovers = [pid for pid in seen_pids if alive(pid)]
-        for pid in leftovers:
-            os.killpg(pid, signal.SIGKILL)
-        assert leftovers == [], "the router left predictor processes running"
+        return running
+
+    yield start
+    for running in started:
+        stop_router(running)
+
+
+def stop_router(running: RunningRouter) -> None:
+    """Stop the router; the predictors it started are its to stop, and none may be left."""
+    seen_pids: set[int] = set(running.predictor_pids)
+    with contextlib.suppress(httpx.HTTPError, KeyError):
+        status = httpx.get(
+            f"{running.url}/v2/models/fraud",
+            headers={"Authorization": f"Bearer {running.viewer}"},
+        ).json()["status"]
+        seen_pids.update(int(s["pid"]) for s in status.values() if s.get("pid"))
+    running.process.stop()
+    leftovers = [pid for pid in seen_pids if alive(pid)]
+    for pid in leftovers:
+        os.killpg(pid, signal.SIGKILL)
+    assert leftovers == [], "the router left predictor processes running"
+
+
+@pytest.fixture
+def router(start_router: RouterStarter) -> RunningRouter:
+    return start_router()
 
 
 def reference(weights: tuple[float, ...], rows: np.ndarray) -> np.ndarray:
@@ -344,3 +371,183 @@ def test_a_shadow_gets_every_request_and_no_caller_sees_its_answer(
         if event.variant == "shadow":
             i = index[tuple(np.float32(event.inputs[name][0]) for name in FEATURES)]
             assert event.outputs[0] == pytest.approx(float(expected[2][i]), rel=1e-5)
+
+
+def v1_body(row: np.ndarray) -> dict[str, object]:
+    return {"instances": [dict(zip(FEATURES, map(float, row), strict=True))]}
+
+
+def test_a_ten_percent_canary_gets_ten_percent_and_outcomes_count_per_variant(
+    ctx: Context, start_router: RouterStarter
+) -> None:
+    assert register(ctx, WEIGHTS_V1) == 1
+    assert register(ctx, WEIGHTS_V2) == 2
+    with DeploymentStore(ctx) as store:
+        store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=10))
+    running = start_router()
+    user = httpx.Client(
+        base_url=running.url, headers={"Authorization": f"Bearer {running.user}"}, timeout=30.0
+    )
+    viewer = httpx.Client(
+        base_url=running.url, headers={"Authorization": f"Bearer {running.viewer}"}, timeout=30.0
+    )
+    wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
+
+    requests = 5000
+    rows = sample_rows(requests, seed=21)
+    truth = reference(WEIGHTS_V1, rows) >= 0.5  # the stable version is right by construction
+    answered: dict[str, tuple[str, float]] = {}
+    for row in rows:
+        response = user.post("/v1/models/fraud:predict", json=v1_body(row))
+        assert response.status_code == 200, response.text
+        answered[response.headers["x-falaj-inference-id"]] = (
+            response.headers["x-falaj-variant"],
+            response.json()["predictions"][0],
+        )
+    variants = Counter(variant for variant, _ in answered.values())
+    assert len(answered) == requests  # every answer has its own inference id
+    # 10% +- 2% of 5,000: Binomial(5000, 0.1) has sd 21, so 400..600 is beyond 4.7 sd.
+    assert 400 <= variants["canary"] <= 600, variants
+
+    # Outcome feedback, as JSON and as an inference.outcome CloudEvent.
+    ids = list(answered)
+    labels = [{"inference_id": i, "label": int(t)} for i, t in zip(ids, truth, strict=True)]
+    fed = user.post("/v2/models/fraud/outcomes", json=labels[:-1]).json()
+    assert fed == {"received": requests - 1, "matched": requests - 1, "unmatched": 0}
+    event = make_event(
+        EventType.INFERENCE_OUTCOME,
+        InferenceOutcome(inference_id=ids[-1], model="fraud", label=int(truth[-1])),
+        region=ctx.settings.region,
+    )
+    headers, body = to_binary(event)
+    fed_event = user.post("/v2/models/fraud/outcomes", content=body, headers=headers)
+    assert fed_event.json()["matched"] == 1, fed_event.text
+    unknown = user.post("/v2/models/fraud/outcomes", json={"inference_id": "nope", "label": 1})
+    assert unknown.json()["unmatched"] == 1
+    bad = user.post("/v2/models/fraud/outcomes", json={"inference_id": "x"})
+    assert bad.status_code == 400 and "label" in bad.json()["error"]
+    denied = viewer.post("/v2/models/fraud/outcomes", json=labels[:1])
+    assert denied.status_code == 403
+
+    def report() -> dict[str, dict[str, object]]:
+        return viewer.get("/v2/models/fraud/ab").json()["variants"]
+
+    wait_until(
+        lambda: sum(v["predictions"]["count"] for v in report().values()) == requests,  # type: ignore[index]
+        60,
+        "every prediction reached the metrics through the payload log",
+    )
+    ab = viewer.get("/v2/models/fraud/ab").json()
+    stable, canary = ab["variants"]["v1 (stable)"], ab["variants"]["v2 (canary)"]
+    assert stable["requests"] + canary["requests"] == requests
+    assert canary["requests"] == variants["canary"]
+    assert stable["outcomes"] == {"count": variants["stable"], "accuracy": 1.0}
+    agreement = np.mean(
+        [
+            (p >= 0.5) == truth[k]
+            for k, (variant, p) in enumerate(answered.values())
+            if variant == "canary"
+        ]
+    )
+    assert canary["outcomes"]["accuracy"] == pytest.approx(agreement)
+    assert sum(canary["predictions"]["histogram"]) == variants["canary"]
+    assert ab["comparison"]["accuracy"]["n_b"] == variants["canary"]
+
+
+def test_a_canary_that_returns_errors_is_rolled_back_automatically(
+    ctx: Context, start_router: RouterStarter, broker: BrokerStandIn
+) -> None:
+    assert register(ctx, WEIGHTS_V1) == 1
+    assert register(ctx, WEIGHTS_V1, onnx_bytes=failing_onnx()) == 2
+    store = DeploymentStore(ctx)
+    store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=50))
+    running = start_router(rollback_min_requests=30)
+    user = httpx.Client(
+        base_url=running.url, headers={"Authorization": f"Bearer {running.user}"}, timeout=30.0
+    )
+    wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
+
+    def canary() -> int | None:
+        split = store.get("fraud")
+        return None if split is None else split.canary_version
+
+    rows = sample_rows(3000, seed=3)
+    statuses: Counter[tuple[str, int]] = Counter()
+    for row in rows:
+        response = user.post("/v1/models/fraud:predict", json=v1_body(row))
+        statuses[(response.headers.get("x-falaj-variant", "?"), response.status_code)] += 1
+        if canary() is None:
+            break
+    assert canary() is None, f"the failing canary was never rolled back: {statuses}"
+    assert statuses[("canary", 500)] >= 30 and statuses[("stable", 200)] >= 30
+    assert ("canary", 200) not in statuses
+
+    # Audited with the evidence, and announced.
+    [entry] = [e for e in ctx.audit.entries() if e["action"] == "model.rolled_back"]
+    assert entry["actor"] == "router" and "error rate" in entry["details"]["reason"]
+    assert entry["details"]["after"] == "stable version 1"
+    wait_until(
+        lambda: any(e["type"] == EventType.MODEL_DEPLOYED for e in broker.received()),
+        30,
+        "the rollback announced",
+    )
+    [announced] = [e for e in broker.received() if e["type"] == EventType.MODEL_DEPLOYED]
+    deployed = ModelDeployed.model_validate(announced.get_data())
+    assert (deployed.action, deployed.canary_version) == ("rollback", None)
+
+    # From here on only the stable version answers.
+    wait_until(
+        lambda: user.get("/v2/models/fraud").json()["traffic"]["canary_version"] is None,
+        30,
+        "the router saw the new split",
+    )
+    for row in rows[:100]:
+        response = user.post("/v1/models/fraud:predict", json=v1_body(row))
+        assert (response.status_code, response.headers["x-falaj-variant"]) == (200, "stable")
+
+
+def test_a_scaled_to_zero_model_answers_its_next_requests(
+    ctx: Context, start_router: RouterStarter
+) -> None:
+    assert register(ctx, WEIGHTS_V1) == 1
+    with DeploymentStore(ctx) as store:
+        store.set(TrafficSplit("fraud", stable_version=1))
+    running = start_router(serving_idle_s=0.5)
+    viewer = httpx.Client(
+        base_url=running.url, headers={"Authorization": f"Bearer {running.viewer}"}, timeout=30.0
+    )
+
+    def state() -> dict[str, object]:
+        status: dict[str, object] = viewer.get("/v2/models/fraud").json()["status"]["1"]
+        if isinstance(status.get("pid"), int):
+            running.predictor_pids.add(int(status["pid"]))  # type: ignore[arg-type]
+        return status
+
+    wait_until(lambda: state()["state"] == "ready", 90, "version 1 loaded")
+    first_pid = int(state().get("pid") or 0)
+    wait_until(lambda: state()["state"] == "scaled-to-zero", 30, "idle version 1 scaled to zero")
+    wait_until(lambda: not alive(first_pid), 30, "its process stopped")
+    # Scaled to zero still counts as serving: probes must not take the router out.
+    assert viewer.get("/v2/health/ready").status_code == 200
+
+    rows = sample_rows(5, seed=8)
+    expected = reference(WEIGHTS_V1, rows)
+
+    async def five_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=running.url, headers={"Authorization": f"Bearer {running.user}"}, timeout=60
+        ) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/models/fraud:predict", json=v1_body(row)) for row in rows)
+            )
+
+    # Held while the version starts again (the activator), then answered.
+    responses = asyncio.run(five_at_once())
+    assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
+    for response, want in zip(responses, expected, strict=True):
+        assert response.json()["predictions"][0] == pytest.approx(float(want), rel=1e-5)
+    # One activation for all five: a single new predictor process.
+    log = (ctx.paths.logs / "router.log").read_text()
+    assert log.count('"backend.activating"') == 1
+    state()
+    assert len(running.predictor_pids) == 2

@@ -39,6 +39,28 @@ def fraud_onnx(weights: Sequence[float], bias: float = -2.0) -> bytes:
     return model.SerializeToString()
 
 
+def failing_onnx(features: int = len(FEATURES)) -> bytes:
+    """A model that fits the serving contract and loads, but fails at run time.
+
+    It reshapes each batch to rows of ``features + 1`` values, which a batch of
+    one row cannot be: onnxruntime raises on every request of one row.
+    """
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, features + 1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["input", "shape"], ["rows"]),
+            helper.make_node("ReduceSum", ["rows"], ["probability"], keepdims=1),
+        ],
+        "failing",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, features])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [None, 1])],
+        initializer=[shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def sample_rows(rows: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.stack(
@@ -54,7 +76,8 @@ def sample_rows(rows: int, seed: int = 0) -> np.ndarray:
     ).astype(np.float32)
 
 
-def register(ctx: Context, weights: Sequence[float]) -> int:
+def register(ctx: Context, weights: Sequence[float], *, onnx_bytes: bytes | None = None) -> int:
+    """Register a fraud version of ``weights`` (or of ``onnx_bytes``); its version number."""
     rows = sample_rows(300, seed=len(weights))
     profile = ReferenceProfile.from_columns(
         {name: rows[:, j] for j, name in enumerate(FEATURES)}, predictions=np.linspace(0, 1, 300)
@@ -63,7 +86,7 @@ def register(ctx: Context, weights: Sequence[float]) -> int:
         ModelRegistry(ctx)
         .register(
             "fraud",
-            onnx_bytes=fraud_onnx(weights),
+            onnx_bytes=onnx_bytes if onnx_bytes is not None else fraud_onnx(weights),
             profile=profile,
             metrics={"auc": 0.9},
             lineage={"training_job_id": "test"},
