@@ -44,6 +44,8 @@ rollout_app = typer.Typer(
     no_args_is_help=True,
 )
 ReasonOption = Annotated[str, typer.Option("--reason", help="why, for the audit log")]
+#: The CloudEvent source and audit ``requested_by`` of what the CLI does.
+CLI_SOURCE = "/falaj/cli"
 
 
 # -- the steps ---------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def _announce(settings: Settings, result: RolloutResult) -> bool | None:
         EventType.MODEL_DEPLOYED,
         deployed_event(result.after, result.step),
         region=settings.region,
-        source="/falaj/cli",
+        source=CLI_SOURCE,
         subject=f"{result.after.model}/{result.step.version or result.after.stable_version}",
     )
     publisher = EventPublisher(
@@ -140,37 +142,31 @@ def canary(
         version=version,
         percent=percent,
         reason=reason,
-        requested_by="/falaj/cli",
+        requested_by=CLI_SOURCE,
     )
     _apply(home, step, as_json)
 
 
-@rollout_app.command("promote")
-def promote(
-    model: ModelArgument,
-    reason: ReasonOption = "",
-    home: HomeOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """The canary becomes the stable version and takes all traffic."""
-    step = RolloutStep(
-        model=model, action=RolloutAction.PROMOTE, reason=reason, requested_by="/falaj/cli"
-    )
-    _apply(home, step, as_json)
+def _canary_step(action: RolloutAction, summary: str) -> None:
+    """Register ``falaj rollout <action> MODEL``: a step on the current canary."""
+
+    def command(
+        model: ModelArgument,
+        reason: ReasonOption = "",
+        home: HomeOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        step = RolloutStep(model=model, action=action, reason=reason, requested_by=CLI_SOURCE)
+        _apply(home, step, as_json)
+
+    command.__doc__ = summary
+    rollout_app.command(str(action))(command)
 
 
-@rollout_app.command("rollback")
-def rollback(
-    model: ModelArgument,
-    reason: ReasonOption = "",
-    home: HomeOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """The canary leaves; all traffic goes back to the stable version."""
-    step = RolloutStep(
-        model=model, action=RolloutAction.ROLLBACK, reason=reason, requested_by="/falaj/cli"
-    )
-    _apply(home, step, as_json)
+_canary_step(RolloutAction.PROMOTE, "The canary becomes the stable version and takes all traffic.")
+_canary_step(
+    RolloutAction.ROLLBACK, "The canary leaves; all traffic goes back to the stable version."
+)
 
 
 @rollout_app.command("shadow")
@@ -190,7 +186,7 @@ def shadow(
         action=RolloutAction.SHADOW,
         version=version,
         reason=reason,
-        requested_by="/falaj/cli",
+        requested_by=CLI_SOURCE,
     )
     _apply(home, step, as_json)
 
