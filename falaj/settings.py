@@ -125,6 +125,11 @@ class Settings(BaseModel):
         description="a model server with no request for this long stops (scale to zero; the "
         "next request starts it again); 0 keeps every server up",
     )
+    serving_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="the largest request body the router takes (413 beyond it)",
+    )
     serving_activation_timeout_s: float = Field(
         default=60.0,
         gt=0,

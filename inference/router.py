@@ -193,6 +193,9 @@ class Router:
                 f"{INFERENCE_ID_HEADER}: expected at most {MAX_INFERENCE_ID} characters, "
                 f"got {len(inference_id)}",
             )
+        body = await self._body(request)
+        if isinstance(body, JSONResponse):
+            return body
         chosen = await self._choose(
             split, request.headers.get(PIN_HEADER), request.headers.get(STICKY_HEADER)
         )
@@ -203,7 +206,6 @@ class Router:
         path = (
             f"/v1/models/{name}:predict" if protocol is Protocol.V1 else f"/v2/models/{name}/infer"
         )
-        body = await request.body()
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
         started = time.perf_counter()
         try:
@@ -257,6 +259,25 @@ class Router:
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
         return response
+
+    async def _body(self, request: Request) -> bytes | JSONResponse:
+        """The request body, or a 413 saying the limit once it is exceeded (never read whole)."""
+        limit = self.ctx.settings.serving_max_body_bytes
+        declared = request.headers.get("content-length", "")
+        too_large = error(
+            413,
+            f"expected a request body of at most {limit} bytes (FALAJ_SERVING_MAX_BODY_BYTES), "
+            f"got {declared + ' bytes' if declared.isdigit() else 'more'}; send smaller batches",
+        )
+        if declared.isdigit() and int(declared) > limit:
+            return too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _mirror(self, mirrored: Prediction, path: str, headers: dict[str, str]) -> None:
         """Send a copy to the shadow version after the caller's answer is on its way.
@@ -403,9 +424,12 @@ class Router:
         split = self.authorized_split(request, Action.PREDICT)
         if isinstance(split, JSONResponse):
             return split
+        body = await self._body(request)
+        if isinstance(body, JSONResponse):
+            return body
         try:
             outcomes = parse_outcomes(
-                request.headers, await request.body(), model=split.model, policy=self.ctx.policy
+                request.headers, body, model=split.model, policy=self.ctx.policy
             )
         except InvalidPayload as exc:
             return error(400, str(exc))

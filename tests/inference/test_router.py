@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import json
 import os
 import random
 import signal
@@ -551,3 +553,46 @@ def test_a_scaled_to_zero_model_answers_its_next_requests(
     assert log.count('"backend.activating"') == 1
     state()
     assert len(running.predictor_pids) == 2
+
+
+def test_bad_input_through_the_router_is_a_4xx_that_says_why_and_keeps_the_connection(
+    ctx: Context, start_router: RouterStarter
+) -> None:
+    assert register(ctx, WEIGHTS_V1) == 1
+    with DeploymentStore(ctx) as store:
+        store.set(TrafficSplit("fraud", stable_version=1))
+    running = start_router(serving_max_body_bytes=2048)
+    auth = {"Authorization": f"Bearer {running.user}", "Content-Type": "application/json"}
+    wait_until(lambda: httpx.get(f"{running.url}/v2/health/ready").status_code == 200, 90, "loaded")
+    connection = http.client.HTTPConnection("127.0.0.1", int(running.url.rsplit(":", 1)[1]))
+
+    def post(path: str, body: bytes, **extra: str) -> tuple[int, str]:
+        connection.request("POST", path, body=body, headers={**auth, **extra})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+
+    good = json.dumps(v1_body(sample_rows(1)[0])).encode()
+    assert post("/v1/models/fraud:predict", good)[0] == 200
+    socket_before = connection.sock
+    cases = [
+        ("/v2/models/fraud/infer", {"inputs": [tensor([1.0] * 5, [1, 5])]}, 400, "expected [N, 6]"),
+        ("/v2/models/fraud/infer", {"inputs": []}, 400, "input"),
+        ("/v2/models/fraud/infer", {"inputs": [tensor([1.0] * 6, [1, 6], "INT8")]}, 400, "FP32"),
+        ("/v1/models/fraud:predict", {"instances": [{"amount": "much"}]}, 400, "amount"),
+        ("/v1/models/fraud:predict", {"rows": []}, 400, "expected a V1 body"),
+        ("/v1/models/aml:predict", {"instances": []}, 404, "served models: fraud"),
+        ("/v1/models/fraud:predict", {"instances": [[0.5] * 6] * 100}, 413, "at most 2048 bytes"),
+    ]
+    for path, body, status, words in cases:
+        got_status, text = post(path, json.dumps(body).encode())
+        assert (got_status, words in text) == (status, True), (path, body, text)
+    status, text = post("/v1/models/fraud:predict", good, **{"x-falaj-inference-id": "x" * 201})
+    assert status == 400 and "at most 200 characters" in text
+    # Every refusal left the keep-alive connection open: the same socket answers.
+    assert post("/v1/models/fraud:predict", good)[0] == 200
+    assert connection.sock is socket_before
+    connection.close()
+
+
+def tensor(data: list[float], shape: list[int], datatype: str = "FP32") -> dict[str, object]:
+    return {"name": "input", "shape": shape, "datatype": datatype, "data": data}
