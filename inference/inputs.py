@@ -5,10 +5,22 @@ decoded V1 bodies and V2 tensors, the router the JSON it forwarded (to log the
 payload). Every problem found is collected into one ``InvalidPayload`` that
 says what was expected and what came, without echoing the payload back.
 
-Accepted shapes, with F = the model's feature names in order:
+Accepted shapes, with F = the model's feature names in order and E = the
+entity key of the dataset the model learns from (``card_id`` for fraud):
 
-* V1: ``{"instances": [[f1, ..., fF], ...]}`` or ``{"instances": [{"amount": ..., ...}, ...]}``
-* V2: one tensor ``input`` FP32 ``[N, F]``, or one FP32 tensor per feature, ``[N]`` or ``[N, 1]``
+* V1 features: ``{"instances": [[f1, ..., fF], ...]}`` or
+  ``{"instances": [{"amount": ..., ...}, ...]}``
+* V1 entity ids: ``{"instances": [{"card_id": "c-1"}, {"card_id": "c-2"}]}``, each row
+  the entity key alone (no feature); the features are read from the online store
+* V2 features: one tensor ``input`` FP32 ``[N, F]``, or one FP32 tensor per feature,
+  ``[N]`` or ``[N, 1]``
+* V2 entity ids: one tensor named E, BYTES, ``[N]`` (or ``[N, 1]``), each element an id:
+  ``{"inputs": [{"name": "card_id", "datatype": "BYTES", "shape": [2], "data": ["c-1", "c-2"]}]}``
+
+Features and entity ids never mix in one request. The online store's answer
+becomes the same [N, F] matrix (``matrix_from_online``), so a prediction by
+entity id is exactly the prediction of the features the store holds for it;
+an id the store does not know is a 400 that names it.
 """
 
 from __future__ import annotations
@@ -26,6 +38,10 @@ from inference.errors import InvalidPayload
 INPUT_NAME = "input"
 OUTPUT_NAME = "probability"
 DATATYPE = "FP32"
+#: The V2 datatype of strings, entity ids among them.
+BYTES = "BYTES"
+#: Characters of an entity id quoted back in an error, at most.
+MAX_ID_CHARS = 64
 #: Problems listed in one message at most; the count says how many more there were.
 MAX_LISTED = 8
 
@@ -113,11 +129,13 @@ def tensor_from_json(raw: object) -> Tensor:
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise InvalidPayload(f"input {name!r}: expected shape as a list of sizes, got {shape!r}")
+    strings = str(datatype).upper() == BYTES
     try:
-        values = np.asarray(raw.get("data"), dtype=np.float32).reshape(shape)
+        values = np.asarray(raw.get("data"), dtype=object if strings else np.float32).reshape(shape)
     except (TypeError, ValueError):
+        what = "strings" if strings else "numbers"
         raise InvalidPayload(
-            f"input {name!r}: expected {math.prod(shape)} numbers for shape {shape}"
+            f"input {name!r}: expected {math.prod(shape)} {what} for shape {shape}"
         ) from None
     return Tensor(str(name), str(datatype).upper(), tuple(shape), values)
 
@@ -163,6 +181,145 @@ def matrix_from_tensors(tensors: Sequence[Tensor], features: Sequence[str]) -> M
         raise _fail(expected, problems)
     columns = [np.asarray(by_name[name].values, dtype=np.float32).reshape(-1) for name in features]
     return _finite(np.stack(columns, axis=1), features)
+
+
+def entity_ids_from_instances(instances: object, entity: str | None) -> tuple[str, ...] | None:
+    """V1 rows naming an entity each, or None when the rows are not that (features, say).
+
+    Rows are entity ids as soon as one of them is an object holding ``entity``;
+    then every row must be such an object, holding nothing else.
+    """
+    if (
+        entity is None
+        or not isinstance(instances, list)
+        or not any(isinstance(row, Mapping) and entity in row for row in instances)
+    ):
+        return None
+    expected = (
+        f'expected every row as {{"{entity}": "<id>"}}, the entity key alone (the features '
+        "are read from the online store), or every row as features"
+    )
+    ids: list[str] = []
+    problems: list[str] = []
+    for i, row in enumerate(instances):
+        if not isinstance(row, Mapping) or entity not in row:
+            got = f"an object without {entity!r}" if isinstance(row, Mapping) else _describe(row)
+            problems.append(f"row {i}: expected an object with {entity!r}, got {got}")
+            continue
+        others = sorted(str(key) for key in row if key != entity)
+        if others:
+            problems.append(f"row {i}: expected {entity!r} alone, got also {others}")
+        entity_id = _entity_id(row[entity])
+        if entity_id is None:
+            got = _kind(row[entity])
+            problems.append(f"row {i} {entity}: expected a non-empty string, got {got}")
+        else:
+            ids.append(entity_id)
+    if problems:
+        raise _fail(expected, problems)
+    return tuple(ids)
+
+
+def entity_ids_from_tensors(
+    tensors: Sequence[Tensor], entity: str | None
+) -> tuple[str, ...] | None:
+    """The V2 input named ``entity`` (BYTES, [N]) as ids, or None when no input is named so."""
+    names = [t.name for t in tensors]
+    if entity is None or entity not in names:
+        return None
+    expected = (
+        f'expected one {BYTES} input "{entity}" of shape [N] (entity ids; the features are '
+        "read from the online store), or the features alone"
+    )
+    problems: list[str] = []
+    others = [name for name in names if name != entity]
+    if others or names.count(entity) > 1:
+        problems.append(f"expected the input {entity!r} alone, got inputs {names}")
+    tensor = tensors[names.index(entity)]
+    if tensor.datatype != BYTES:
+        problems.append(f"input {entity!r}: datatype {tensor.datatype}, expected {BYTES}")
+    shape = tensor.shape
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] == 0:
+        problems.append(f"input {entity!r}: shape {list(shape)}, expected [N] or [N, 1]")
+    if problems:
+        raise _fail(expected, problems)
+    ids: list[str] = []
+    for i, value in enumerate(np.asarray(tensor.values, dtype=object).reshape(-1)):
+        entity_id = _entity_id(value)
+        if entity_id is None:
+            problems.append(f"{entity}[{i}]: expected a non-empty UTF-8 string, got {_kind(value)}")
+        else:
+            ids.append(entity_id)
+    if problems:
+        raise _fail(expected, problems)
+    return tuple(ids)
+
+
+def matrix_from_online(
+    online: Mapping[str, Sequence[object]], entity: str, features: Sequence[str]
+) -> Matrix:
+    """The online store's answer (one list per name, entity ids under ``entity``) as [N, F].
+
+    An id whose every feature is missing is one the store does not know; one
+    missing some of them has rows the store could not complete. Both are named
+    in one ``InvalidPayload``: a 400 for the caller, never a 500.
+    """
+    ids = [str(entity_id) for entity_id in online[entity]]
+    matrix = np.zeros((len(ids), len(features)), dtype=np.float32)
+    unknown: list[str] = []
+    problems: list[str] = []
+    for i, entity_id in enumerate(ids):
+        values = [online[name][i] for name in features]
+        absent = [name for name, value in zip(features, values, strict=True) if value is None]
+        if len(absent) == len(features):
+            unknown.append(_quote_id(entity_id))
+            continue
+        if absent:
+            problems.append(f"{entity} {_quote_id(entity_id)}: no online value for {absent}")
+        for j, (name, value) in enumerate(zip(features, values, strict=True)):
+            number = _number(value)
+            if number is None and value is not None:
+                problems.append(
+                    f"{entity} {_quote_id(entity_id)} {name}: expected a finite number online, "
+                    f"got {_describe(value)}"
+                )
+            elif number is not None:
+                matrix[i, j] = number
+    if unknown:
+        listed = ", ".join(unknown[:MAX_LISTED])
+        more = len(unknown) - min(len(unknown), MAX_LISTED)
+        tail = f" (and {more} more)" if more else ""
+        raise InvalidPayload(
+            f"not found: no features in the online store for {entity} {listed}{tail}; expected "
+            f"ids whose rows were ingested (check the ids, or ingest their data first)",
+            problems=[f"{entity} {quoted}: not found" for quoted in unknown] + problems,
+        )
+    if problems:
+        raise _fail("expected every feature of each id in the online store", problems)
+    return matrix
+
+
+def _entity_id(value: object) -> str | None:
+    """A non-empty id; bytes (V2 BYTES over gRPC or binary REST) are decoded as UTF-8."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) and value else None
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, str | bytes) and not value:
+        return "an empty string"
+    return "bytes that are not UTF-8" if isinstance(value, bytes) else _describe(value)
+
+
+def _quote_id(entity_id: str) -> str:
+    """An id as an error quotes it: in full when short, cut when it is not."""
+    if len(entity_id) <= MAX_ID_CHARS:
+        return repr(entity_id)
+    return repr(entity_id[:MAX_ID_CHARS]) + f"... ({len(entity_id)} characters)"
 
 
 def _finite(matrix: Matrix, features: Sequence[str]) -> Matrix:

@@ -1,6 +1,13 @@
 """One KServe ModelServer serving one model version.
 
     python -m inference.server --model fraud --version 1 --http-port 8085 --grpc-port 8086
+        [--variant auto|fp32|int8] [--device auto|cpu|cuda] [--online-features lazy|eager|off]
+
+``--variant`` picks the model variant (``auto``: int8 where training kept one
+and the session runs on the CPU, else fp32); ``--device cuda`` insists on a GPU
+(the GPU ServingRuntime passes it) and ``cpu`` never uses one;
+``--online-features`` says when Feast is imported for requests that name entity
+ids instead of features (``inference.predictor``).
 
 kserve 0.21 parses ``sys.argv`` when ``kserve.model_server`` is imported (and
 ``import kserve`` imports it), and its parser accepts abbreviations: our
@@ -24,11 +31,19 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from falaj.context import Context
 from falaj.errors import ConfigError
 from falaj.logs import configure_logging
 from falaj.settings import Settings
+
+#: The choices of the serving flags, as ``inference.predictor`` and
+#: ``inference.session`` name them (those modules import kserve and onnxruntime,
+#: which must wait until the flags are parsed).
+VARIANTS = ("auto", "fp32", "int8")
+DEVICES = ("auto", "cpu", "cuda")
+ONLINE_FEATURES = ("lazy", "eager", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +52,9 @@ class ServerArgs:
     version: int | None
     http_port: int
     grpc_port: int
+    variant: str = "auto"
+    device: str = "auto"
+    online_features: str = "lazy"
 
 
 def parse_args(argv: Sequence[str]) -> ServerArgs:
@@ -51,7 +69,30 @@ def parse_args(argv: Sequence[str]) -> ServerArgs:
     )
     parser.add_argument("--http-port", "--http_port", dest="http_port", type=int, default=8080)
     parser.add_argument("--grpc-port", "--grpc_port", dest="grpc_port", type=int, default=8081)
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="auto",
+        help="model variant: auto (int8 where training kept one and the session runs on the "
+        "CPU, else fp32), or force fp32 or int8",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto (CUDA where onnxruntime has it), cpu, or cuda (refuse to serve without it)",
+    )
+    parser.add_argument(
+        "--online-features",
+        dest="online_features",
+        choices=ONLINE_FEATURES,
+        default="lazy",
+        help="entity-id requests read features from Feast: import it on the first one (lazy), "
+        "at start (eager), or refuse them (off)",
+    )
     parsed = parser.parse_args(list(argv))
+    if not parsed.model:
+        parser.error("--model: expected a model name, got an empty one")
     if parsed.version is not None and parsed.version < 1:
         parser.error(f"--version: expected a model version >= 1, got {parsed.version}")
     return ServerArgs(
@@ -59,7 +100,32 @@ def parse_args(argv: Sequence[str]) -> ServerArgs:
         version=parsed.version,
         http_port=parsed.http_port,
         grpc_port=parsed.grpc_port,
+        variant=parsed.variant,
+        device=parsed.device,
+        online_features=parsed.online_features,
     )
+
+
+class JsonByDefault:
+    """ASGI middleware: a POST that names no content type is JSON.
+
+    tritonclient.http posts JSON without a ``Content-Type``. FastAPI (0.132 on)
+    then hands kserve the raw bytes, which kserve takes for the binary tensor
+    extension and refuses for want of ``inference-header-content-length``. A
+    body that carries neither header can only be JSON, so it is labelled so;
+    one with the binary header is left as it came.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            names = {name for name, _ in scope["headers"]}
+            if not names & {b"content-type", b"inference-header-content-length"}:
+                json_type = (b"content-type", b"application/json")
+                scope = {**scope, "headers": [*scope["headers"], json_type]}
+        await self.app(scope, receive, send)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -70,9 +136,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     # See the module docstring: kserve must not see our flags.
     sys.argv = sys.argv[:1]
     from kserve import ModelServer
+    from kserve.model_server import app as kserve_app
 
     from falaj.registry import ModelRegistry
-    from inference.predictor import OnnxPredictor
+    from inference.predictor import (
+        OnlineFeaturesMode,
+        OnnxPredictor,
+        ServingOptions,
+        VariantChoice,
+    )
+    from inference.session import Device
 
     registry = ModelRegistry(ctx)
     version = args.version
@@ -84,7 +157,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "pass --version or register one first"
             )
         version = latest.version
-    predictor = OnnxPredictor(ctx, model=args.model, version=version, registry=registry)
+    options = ServingOptions(
+        variant=VariantChoice(args.variant),
+        device=Device(args.device),
+        online_features=OnlineFeaturesMode(args.online_features),
+    )
+    predictor = OnnxPredictor(
+        ctx, model=args.model, version=version, registry=registry, options=options
+    )
     predictor.load()
     server = ModelServer(
         http_port=args.http_port,
@@ -99,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Registered directly: ModelServer.start([model]) refuses to run when no
     # model is ready, and a refused version must stay up to report why.
     server.register_model(predictor)
+    kserve_app.add_middleware(JsonByDefault)
     server.start([])
 
 

@@ -1,19 +1,46 @@
-"""An onnxruntime session for one model version, sized for small CPU machines."""
+"""An onnxruntime session for one model version, sized for small CPU machines.
+
+``Device`` says where it runs: ``auto`` takes CUDA where this onnxruntime
+build has it and the CPU otherwise; ``cpu`` never touches a GPU; ``cuda``
+insists on one, so a GPU pod whose image or node cannot give it CUDA fails
+loudly instead of serving from its CPU at a fraction of the speed.
+"""
 
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 
 import onnxruntime as ort
+
+from falaj.errors import ConfigError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-def providers(available: list[str] | None = None) -> list[str]:
-    """CUDA first where this onnxruntime build has it, the CPU always as the fallback."""
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def providers(available: list[str] | None = None, device: Device = Device.AUTO) -> list[str]:
+    """The execution providers for ``device``, the CPU always last as the fallback.
+
+    ``cuda`` with a build that has no CUDA provider is a ``ConfigError``.
+    """
     have = ort.get_available_providers() if available is None else available
-    return [CUDA, CPU] if CUDA in have else [CPU]
+    if device is Device.CPU:
+        return [CPU]
+    if CUDA in have:
+        return [CUDA, CPU]
+    if device is Device.CUDA:
+        raise ConfigError(
+            f"--device cuda: this onnxruntime build has no {CUDA} (it has {', '.join(have)}); "
+            "run the GPU image (onnxruntime-gpu) or pass --device cpu"
+        )
+    return [CPU]
 
 
 def session_options(cpu_count: int | None = None) -> ort.SessionOptions:
@@ -36,6 +63,19 @@ def session_options(cpu_count: int | None = None) -> ort.SessionOptions:
     return options
 
 
-def create_session(onnx_bytes: bytes) -> ort.InferenceSession:
-    """A session over verified model bytes (never a path: nothing unverified is read)."""
-    return ort.InferenceSession(onnx_bytes, sess_options=session_options(), providers=providers())
+def create_session(onnx_bytes: bytes, device: Device = Device.AUTO) -> ort.InferenceSession:
+    """A session over verified model bytes (never a path: nothing unverified is read).
+
+    With ``cuda``, a session onnxruntime quietly put on the CPU (its CUDA
+    libraries would not load on this node) is a ``ConfigError`` too.
+    """
+    session = ort.InferenceSession(
+        onnx_bytes, sess_options=session_options(), providers=providers(device=device)
+    )
+    if device is Device.CUDA and CUDA not in session.get_providers():
+        raise ConfigError(
+            f"--device cuda: onnxruntime could not start {CUDA} on this node (the session runs "
+            f"on {', '.join(session.get_providers())}); check the node's NVIDIA driver and the "
+            "pod's nvidia.com/gpu limit, or pass --device cpu"
+        )
+    return session

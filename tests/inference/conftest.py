@@ -35,15 +35,17 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 Starter = Callable[..., tuple[ManagedProcess, int]]
+#: Like Starter, with the gRPC port as well: (process, http_port, grpc_port).
+GrpcStarter = Callable[..., tuple[ManagedProcess, int, int]]
 
 
 @pytest.fixture
-def start_predictor(ctx: Context, child_env: dict[str, str]) -> Iterator[Starter]:
+def start_predictor_grpc(ctx: Context, child_env: dict[str, str]) -> Iterator[GrpcStarter]:
     """Start ``inference.server`` for a version; every process started is stopped by PID."""
     started: list[ManagedProcess] = []
 
-    def start(version: int) -> tuple[ManagedProcess, int]:
-        port = free_port()
+    def start(version: int) -> tuple[ManagedProcess, int, int]:
+        port, grpc_port = free_port(), free_port()
         process = ManagedProcess(
             name=f"predictor-fraud-{version}",
             argv=[
@@ -57,7 +59,7 @@ def start_predictor(ctx: Context, child_env: dict[str, str]) -> Iterator[Starter
                 "--http-port",
                 str(port),
                 "--grpc-port",
-                str(free_port()),
+                str(grpc_port),
             ],
             env=child_env,
             log_path=ctx.paths.logs / f"predictor-fraud-{version}.log",
@@ -68,11 +70,24 @@ def start_predictor(ctx: Context, child_env: dict[str, str]) -> Iterator[Starter
 
         # Live is enough to know load() is over: kserve serves only after it.
         process.wait_ready(ReadyCheck("127.0.0.1", port, "/v2/health/live"), timeout_s=60.0)
-        return process, port
+        # kserve starts its gRPC server beside the REST one, not before it.
+        process.wait_ready(ReadyCheck("127.0.0.1", grpc_port), timeout_s=30.0)
+        return process, port, grpc_port
 
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def start_predictor(start_predictor_grpc: GrpcStarter) -> Starter:
+    """Start ``inference.server`` for a version: (process, http_port)."""
+
+    def start(version: int) -> tuple[ManagedProcess, int]:
+        process, port, _ = start_predictor_grpc(version)
+        return process, port
+
+    return start
 
 
 STRUCTURED = {"content-type": "application/cloudevents+json"}

@@ -7,12 +7,21 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+import yaml
 
 from falaj.events import EventType
 from falaj.manifest_schemas import SchemaStore
+from falaj.manifests import GPU_RESOURCE
+from inference.server import parse_args
 from tests.manifests.conftest import BASE
 
-REGION_SELECTOR = {"topology.kubernetes.io/region": "me-central-1"}
+REGION_KEY = "topology.kubernetes.io/region"
+REGION_SELECTOR = {REGION_KEY: "me-central-1"}
+#: The region's GPU node pool: its label, and the taint its pods must tolerate.
+GPU_POOL = {"falaj.dev/pool": "gpu"}
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+#: Files of manifests/base a cluster applies only where it fits (their headers say how).
+OPT_IN_FILES = {"inference-service-gpu.yaml"}
 
 
 def _name(doc: Mapping[str, Any]) -> str:
@@ -152,12 +161,17 @@ def test_every_pod_runs_on_the_in_region_node_pool(local_docs: list[dict[str, An
         "ServingRuntime",
         "RayJob",
     }
-    off_region = [name for name, pod in pods.items() if pod.get("nodeSelector") != REGION_SELECTOR]
+    off_region = [name for name, pod in pods.items() if not _in_region(pod.get("nodeSelector"))]
     assert off_region == []
     # No pod template hides anywhere else: whatever lists containers is pinned too.
     for doc in local_docs:
         for path, holder in _holders_of_containers(doc):
-            assert holder.get("nodeSelector") == REGION_SELECTOR, f"{_name(doc)}{path}"
+            assert _in_region(holder.get("nodeSelector")), f"{_name(doc)}{path}"
+
+
+def _in_region(selector: Mapping[str, str] | None) -> bool:
+    """The region's nodes: the region alone, or the region's GPU pool."""
+    return selector in (REGION_SELECTOR, {**REGION_SELECTOR, **GPU_POOL})
 
 
 def test_every_container_runs_as_non_root(local_docs: list[dict[str, Any]]) -> None:
@@ -234,4 +248,107 @@ def test_base_kustomization_lists_every_manifest_file() -> None:
         if line.strip().startswith("- ") and line.strip().endswith(".yaml")
     )
     on_disk = {path.name for path in BASE.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk
+    assert listed == on_disk - OPT_IN_FILES
+    assert on_disk >= OPT_IN_FILES
+
+
+# -- the model endpoints: CPU (every cluster) and GPU (where a GPU pool exists) ------------
+
+
+def _gpu_docs() -> list[dict[str, Any]]:
+    text = (BASE / "inference-service-gpu.yaml").read_text()
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@pytest.fixture(scope="module")
+def endpoints(base_docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every InferenceService, the base's and the opt-in GPU one, by name."""
+    docs = _by_kind(base_docs + _gpu_docs(), "InferenceService")
+    return {doc["metadata"]["name"]: doc for doc in docs}
+
+
+@pytest.fixture(scope="module")
+def runtimes(base_docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    docs = _by_kind(base_docs + _gpu_docs(), "ServingRuntime")
+    return {doc["metadata"]["name"]: doc for doc in docs}
+
+
+def test_the_gpu_file_holds_the_gpu_runtime_and_endpoint_all_in_region(
+    schema_store: SchemaStore,
+) -> None:
+    docs = _gpu_docs()
+    assert [_name(doc) for doc in docs] == [
+        "ServingRuntime/falaj-onnx-gpu",
+        "InferenceService/fraud-gpu",
+    ]
+    for doc in docs:
+        assert schema_store.validate(doc, strict=True) == [], _name(doc)
+        for path, holder in _holders_of_containers(doc):
+            assert _in_region(holder.get("nodeSelector")), f"{_name(doc)}{path}"
+            for container in holder["containers"]:
+                context = container.get("securityContext", {})
+                assert context.get("runAsNonRoot") is True
+                assert context.get("allowPrivilegeEscalation") is False
+                assert context.get("capabilities", {}).get("drop") == ["ALL"]
+
+
+def test_every_endpoint_validates_strictly_scales_to_zero_and_canaries(
+    schema_store: SchemaStore, endpoints: dict[str, dict[str, Any]]
+) -> None:
+    assert sorted(endpoints) == ["fraud", "fraud-gpu"]
+    for name, doc in endpoints.items():
+        assert schema_store.validate(doc, strict=True) == [], name
+        predictor = doc["spec"]["predictor"]
+        assert predictor["minReplicas"] == 0, name
+        assert 0 < predictor["canaryTrafficPercent"] < 100, name
+        assert predictor["maxReplicas"] >= 1, name
+        assert predictor["nodeSelector"][REGION_KEY] == REGION_SELECTOR[REGION_KEY], name
+        assert predictor["model"]["storageUri"] == "pvc://falaj-registry/state", name
+    # A misspelt field in the GPU endpoint fails as it does in the base ones.
+    bad = _misspell(endpoints["fraud-gpu"], ("spec", "predictor", "minReplicas"), "minReplica")
+    assert len(schema_store.validate(bad, strict=True)) == 1
+
+
+def _gpus(container: Mapping[str, Any]) -> str | None:
+    return container.get("resources", {}).get("limits", {}).get(GPU_RESOURCE)
+
+
+def test_the_gpu_endpoint_asks_for_a_gpu_and_the_cpu_one_never_does(
+    endpoints: dict[str, dict[str, Any]], runtimes: dict[str, dict[str, Any]]
+) -> None:
+    gpu, cpu = endpoints["fraud-gpu"]["spec"]["predictor"], endpoints["fraud"]["spec"]["predictor"]
+    assert _gpus(gpu["model"]) == "1"
+    assert gpu["model"]["runtime"] == "falaj-onnx-gpu"
+    assert gpu["nodeSelector"] == {**REGION_SELECTOR, **GPU_POOL}
+    assert GPU_TOLERATION in gpu["tolerations"]
+    gpu_runtime = runtimes["falaj-onnx-gpu"]["spec"]
+    (container,) = gpu_runtime["containers"]
+    assert _gpus(container) == "1"
+    assert "--device=cuda" in container["args"]
+    assert gpu_runtime["nodeSelector"] == {**REGION_SELECTOR, **GPU_POOL}
+    assert GPU_TOLERATION in gpu_runtime["tolerations"]
+    # Never picked for an onnx model by format alone: only an endpoint naming it gets a GPU.
+    assert [f["autoSelect"] for f in gpu_runtime["supportedModelFormats"]] == [False]
+
+    assert cpu["model"]["runtime"] == "falaj-onnx"
+    assert _gpus(cpu["model"]) is None and "tolerations" not in cpu
+    (container,) = runtimes["falaj-onnx"]["spec"]["containers"]
+    assert _gpus(container) is None
+    assert "--device=cpu" in container["args"]
+
+
+def test_each_endpoints_arguments_are_the_servers_flags(
+    endpoints: dict[str, dict[str, Any]], runtimes: dict[str, dict[str, Any]]
+) -> None:
+    """The args a pod gets (its runtime's, then its own, as KServe appends them) parse."""
+    for name, doc in endpoints.items():
+        model = doc["spec"]["predictor"]["model"]
+        (container,) = runtimes[model["runtime"]]["spec"]["containers"]
+        assert container["command"] == ["python", "-m", "inference.server"]
+        # KServe fills the runtime's {{.Name}} with the InferenceService's name.
+        argv = [arg.replace("{{.Name}}", name) for arg in container["args"]]
+        args = parse_args([*argv, *model.get("args", [])])
+        assert args.model == "fraud", name
+        assert args.http_port == container["ports"][0]["containerPort"] == 8080
+        assert args.device == ("cuda" if _gpus(container) else "cpu")
+        assert (args.variant, args.online_features) == ("auto", "lazy")
