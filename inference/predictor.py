@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,7 +46,7 @@ from falaj.logs import get_logger
 from falaj.model_spec import ModelSpec
 from falaj.registry import FP32, INT8, ModelRegistry, ModelVersion
 from falaj.schema import FeatureSchema
-from inference.errors import InvalidPayload
+from inference.errors import FeaturesUnavailable, InvalidPayload
 from inference.inputs import (
     BYTES,
     DATATYPE,
@@ -321,12 +320,6 @@ class OnnxPredictor(Model):
             # A 503: the request was fine and may succeed later; a 500 would
             # also drop the caller's keep-alive connection (STACK.md).
             raise ModelNotReady(self.name, detail=str(exc)) from exc
-
-
-class FeaturesUnavailable(FalajError):
-    """Raised when the online feature store cannot be read (down, or not applied yet)."""
-
-    status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 @dataclass(frozen=True, kw_only=True)

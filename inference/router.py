@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -58,10 +57,11 @@ from falaj.registry import ModelRegistry
 from falaj.rollouts import RollbackPolicy, RolloutAction, Rollouts, RolloutStep, deployed_event
 from falaj.settings import PROJECT_ROOT, Settings
 from inference.backends import Backend, BackendPool, BackendState, PoolConfig
-from inference.errors import InvalidPayload
+from inference.errors import InvalidPayload, UpstreamError
 from inference.inputs import DATATYPE, INPUT_NAME, OUTPUT_NAME
 from inference.outcomes import parse_outcomes
 from inference.payload_log import PayloadLogger, Prediction, Protocol
+from inference.upstream import Upstream
 from inference.variant_metrics import ServingMetrics
 
 VERSION_HEADER = "x-falaj-model-version"
@@ -125,7 +125,8 @@ class Router:
     payloads: PayloadLogger
     registry: ModelRegistry
     rng: random.Random
-    http: httpx.AsyncClient
+    #: The predictors' client (aiohttp, keep-alive), opened with the app.
+    upstream: Upstream
     serving_metrics: ServingMetrics
     rollouts: Rollouts
     #: Announces what the guard did (``model.deployed``).
@@ -209,37 +210,35 @@ class Router:
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
         started = time.perf_counter()
         try:
-            upstream = await self.http.post(f"{backend.url}{path}", content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            upstream = await self.upstream.post(f"{backend.url}{path}", body, headers)
+        except UpstreamError as exc:
             self.log.error(
                 "upstream.unreachable", model=name, version=backend.version, error=str(exc)
             )
             self.serving_metrics.observe(
                 name, backend.version, str(variant), 502, (time.perf_counter() - started) * 1e3
             )
-            return error(
-                502, f"{name} version {backend.version} did not answer ({type(exc).__name__})"
-            )
+            return error(502, f"{name} version {backend.version} did not answer ({exc})")
         finally:
             self.pool.release(backend)
         self.serving_metrics.observe(
             name,
             backend.version,
             str(variant),
-            upstream.status_code,
+            upstream.status,
             (time.perf_counter() - started) * 1e3,
         )
         response = Response(
             upstream.content,
-            status_code=upstream.status_code,
-            media_type=upstream.headers.get("content-type", "application/json"),
+            status_code=upstream.status,
+            media_type=upstream.content_type,
             headers={
                 VERSION_HEADER: str(backend.version),
                 VARIANT_HEADER: str(variant),
                 INFERENCE_ID_HEADER: inference_id,
             },
         )
-        if upstream.status_code == 200:
+        if upstream.status == 200:
             self.payloads.submit(
                 Prediction(
                     name,
@@ -289,17 +288,15 @@ class Router:
         if backend is None:
             return
         try:
-            answer = await self.http.post(
-                f"{backend.url}{path}", content=mirrored.request, headers=headers
-            )
-        except httpx.HTTPError as exc:
+            answer = await self.upstream.post(f"{backend.url}{path}", mirrored.request, headers)
+        except UpstreamError as exc:
             self.log.warning(
                 "shadow.unreachable", model=mirrored.model, version=mirrored.version, error=str(exc)
             )
             return
         finally:
             self.pool.release(backend)
-        if answer.status_code == 200:
+        if answer.status == 200:
             self.payloads.submit(dataclasses.replace(mirrored, response=answer.content))
 
     async def _choose(
@@ -533,6 +530,7 @@ class Router:
 def create_app(router: Router) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await router.upstream.start()
         router.payloads.start()
         router.pool.start()
         guard = (
@@ -547,7 +545,7 @@ def create_app(router: Router) -> Starlette:
                 guard.cancel()
             router.pool.stop()
             router.payloads.stop()
-            await router.http.aclose()
+            await router.upstream.close()
 
     Handler = Callable[[Request], Awaitable[Response]]
     routes: list[tuple[str, Handler, list[str]]] = [
@@ -596,8 +594,7 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
         payloads=payloads,
         registry=registry,
         rng=random.Random(),
-        # Keep-alive connections to the predictors; a prediction is ~1 ms.
-        http=httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_keepalive_connections=32)),
+        upstream=Upstream(timeout_s=30.0),
         serving_metrics=metrics,
         rollouts=Rollouts(ctx, store, registry),
         # Its own publisher: the payload log's belongs to the payload thread.
