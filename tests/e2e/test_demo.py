@@ -59,6 +59,9 @@ def test_version_two_is_a_ten_percent_canary(demo_run: dict) -> None:
         "stable_version": 1,
         "canary_version": 2,
         "canary_percent": 10,
+        "shadow_version": None,
+        "action": "deploy",
+        "reason": "a new version was registered",
     }
     observed = report["observed_split"]
     total = sum(observed.values())
