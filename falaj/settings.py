@@ -125,6 +125,11 @@ class Settings(BaseModel):
         description="a model server with no request for this long stops (scale to zero; the "
         "next request starts it again); 0 keeps every server up",
     )
+    serving_prewarm: bool = Field(
+        default=True,
+        description="keep one pre-imported model server waiting, so a start (scale from zero, "
+        "a new canary) only loads its model: ~1.4 s sooner on two cores, for ~200 MB held",
+    )
     serving_max_body_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,

@@ -18,6 +18,7 @@ under the pool's lock, the same lock the idle check holds.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -87,6 +88,9 @@ class PoolConfig:
     poll_interval_s: float = 0.25
     #: A ready backend unused for this long is stopped (scale to zero); 0: never.
     idle_s: float = 0.0
+    #: Keep one pre-imported server waiting (``inference.server --standby``), so a
+    #: start only loads its model: worth its memory where servers start often.
+    prewarm: bool = False
 
 
 class BackendPool:
@@ -102,6 +106,9 @@ class BackendPool:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._http = httpx.Client(timeout=2.0)
+        #: The pre-warmed server the next start takes over (``PoolConfig.prewarm``).
+        self._standby: ManagedProcess | None = None
+        self._standbys = 0
         self.log = get_logger(component="router.backends")
 
     # -- what the router reads -------------------------------------------------------
@@ -165,6 +172,9 @@ class BackendPool:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.config.prewarm:
+            with self._lock:
+                self._standby = self._spawn_standby()
         self.reconcile()
         self._thread = threading.Thread(target=self._watch, name="backend-pool", daemon=True)
         self._thread.start()
@@ -176,8 +186,11 @@ class BackendPool:
         with self._lock:
             backends = list(self._backends.values())
             self._backends.clear()
+            standby, self._standby = self._standby, None
         for backend in backends:
             self._stop_backend(backend)
+        if standby is not None:
+            standby.stop()
         self._http.close()
 
     def _watch(self) -> None:
@@ -248,31 +261,65 @@ class BackendPool:
 
     # -- one backend ---------------------------------------------------------------
 
-    def _start_backend(self, model: str, version: int) -> Backend:
-        host = self.config.host
-        http_port, grpc_port = free_port(host), free_port(host)
-        process = ManagedProcess(
-            name=f"predictor-{model}-{version}",
-            argv=[
-                sys.executable,
-                "-m",
-                "inference.server",
-                "--model",
-                model,
-                "--version",
-                str(version),
-                "--http-port",
-                str(http_port),
-                "--grpc-port",
-                str(grpc_port),
-            ],
+    def _server_args(self, model: str, version: int, http_port: int, grpc_port: int) -> list[str]:
+        return [
+            "--model",
+            model,
+            "--version",
+            str(version),
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+        ]
+
+    def _spawn_standby(self) -> ManagedProcess:
+        """A server that imports everything now and learns its model later (under the lock)."""
+        self._standbys += 1
+        return ManagedProcess(
+            name=f"predictor-standby-{self._standbys}",
+            argv=[sys.executable, "-m", "inference.server", "--standby"],
             env=self.config.env,
-            log_path=self.config.log_dir / f"predictor-{model}-{version}.log",
+            log_path=self.config.log_dir / f"predictor-standby-{self._standbys}.log",
             cwd=self.config.cwd,
             grace_s=self.config.stop_grace_s,
+            stdin_pipe=True,
         ).start()
+
+    def _start_backend(self, model: str, version: int) -> Backend:
+        """Start a server for the version (the standby, when one waits); under the lock."""
+        host = self.config.host
+        http_port, grpc_port = free_port(host), free_port(host)
+        args = self._server_args(model, version, http_port, grpc_port)
+        process, prewarmed = self._standby, self._standby is not None
+        if process is not None and process.alive():
+            try:
+                process.send_line(json.dumps(args))
+            except RuntimeStartError:
+                process, prewarmed = None, False
+            self._standby = self._spawn_standby()  # the next start's
+        else:
+            process, prewarmed = None, False
+            if self.config.prewarm:
+                self._standby = self._spawn_standby()
+        if process is None:
+            process = ManagedProcess(
+                name=f"predictor-{model}-{version}",
+                argv=[sys.executable, "-m", "inference.server", *args],
+                env=self.config.env,
+                log_path=self.config.log_dir / f"predictor-{model}-{version}.log",
+                cwd=self.config.cwd,
+                grace_s=self.config.stop_grace_s,
+            ).start()
         backend = Backend(model, version, process, http_port, grpc_port, host)
-        self.log.info("backend.starting", model=model, version=version, pid=process.pid)
+        self.log.info(
+            "backend.starting",
+            model=model,
+            version=version,
+            pid=process.pid,
+            prewarmed=prewarmed,
+            log=str(process.log_path),
+        )
         threading.Thread(
             target=self._await_ready, args=(backend,), name=f"ready-{model}-{version}", daemon=True
         ).start()
@@ -281,8 +328,9 @@ class BackendPool:
     def _await_ready(self, backend: Backend) -> None:
         """Probe the model's readiness: 200 ready, 503 refused (with why), else keep trying."""
         try:
+            # Probed every 20 ms: a request held by an activation waits on this.
             backend.process.wait_ready(
-                _ModelProbe(self, backend), timeout_s=self.config.ready_timeout_s
+                _ModelProbe(self, backend), timeout_s=self.config.ready_timeout_s, poll_s=0.02
             )
         except RuntimeStartError as exc:
             if not backend.stopped.is_set():

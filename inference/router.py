@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import logging
 import os
@@ -538,6 +539,10 @@ def create_app(router: Router) -> Starlette:
             if router.ctx.settings.rollback_auto
             else None
         )
+        # What startup built lives as long as the process: out of the
+        # collector's reach, a full collection no longer walks it (one stalled
+        # requests for ~110 ms, the whole p99 at 200 requests/s).
+        gc.freeze()
         try:
             yield
         finally:
@@ -577,6 +582,7 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
             log_dir=ctx.paths.logs,
             cwd=PROJECT_ROOT,
             idle_s=settings.serving_idle_s,
+            prewarm=settings.serving_prewarm,
         ),
         store,
     )

@@ -50,6 +50,8 @@ class ManagedProcess:
     grace_s: float = 15.0
     #: Folders the process leaves behind that go when it stops.
     cleanup: tuple[Path, ...] = ()
+    #: Give the process a pipe on stdin (``send_line``) instead of /dev/null.
+    stdin_pipe: bool = False
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -65,15 +67,27 @@ class ManagedProcess:
                 cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.stdin_pipe else subprocess.DEVNULL,
                 start_new_session=True,
             )
         return self
 
+    def send_line(self, line: str) -> None:
+        """Write one line to the process's stdin pipe and close it (it reads one line)."""
+        if self.popen is None or self.popen.stdin is None:
+            raise RuntimeStartError(f"{self.name} has no stdin pipe (start it with stdin_pipe)")
+        try:
+            self.popen.stdin.write(line.encode() + b"\n")
+            self.popen.stdin.close()
+        except OSError as exc:  # it died meanwhile: its exit code says why
+            raise RuntimeStartError(f"{self.name} could not take its input: {exc}") from None
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def wait_ready(self, check: ReadyCheck, timeout_s: float = 60.0) -> None:
+    def wait_ready(
+        self, check: ReadyCheck, timeout_s: float = 60.0, poll_s: float = 0.1
+    ) -> None:
         """Poll ``check`` until it passes, the process dies, or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -84,7 +98,7 @@ class ManagedProcess:
                 )
             if check():
                 return
-            time.sleep(0.1)  # polling a readiness probe, as a kubelet does
+            time.sleep(poll_s)  # polling a readiness probe, as a kubelet does
         raise RuntimeStartError(
             f"{self.name} was not ready after {timeout_s:.0f} s; its log: {self.log_path}\n"
             + self.tail()
@@ -101,6 +115,8 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait()
+            if self.popen.stdin is not None:
+                self.popen.stdin.close()
         for folder in self.cleanup:
             shutil.rmtree(folder, ignore_errors=True)
 

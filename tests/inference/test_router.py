@@ -548,9 +548,12 @@ def test_a_scaled_to_zero_model_answers_its_next_requests(
     assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
     for response, want in zip(responses, expected, strict=True):
         assert response.json()["predictions"][0] == pytest.approx(float(want), rel=1e-5)
-    # One activation for all five: a single new predictor process.
+    # One activation for all five: a single new predictor process, the
+    # pre-warmed one, whose imports were done before the requests came.
     log = (ctx.paths.logs / "router.log").read_text()
     assert log.count('"backend.activating"') == 1
+    starts = [json.loads(line) for line in log.splitlines() if '"backend.starting"' in line]
+    assert [s["prewarmed"] for s in starts] == [True, True], starts
     state()
     assert len(running.predictor_pids) == 2
 
