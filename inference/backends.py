@@ -69,7 +69,13 @@ class Backend:
         return f"http://{self.host}:{self.http_port}"
 
     def status(self) -> dict[str, object]:
-        status: dict[str, object] = {"state": str(self.state), "pid": self.process.pid}
+        status: dict[str, object] = {
+            "state": str(self.state),
+            "pid": self.process.pid,
+            # Where the server listens (a standby's argv does not say it).
+            "http_port": self.http_port,
+            "grpc_port": self.grpc_port,
+        }
         if self.reason:
             status["reason"] = self.reason
         return status
