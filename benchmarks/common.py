@@ -21,6 +21,8 @@ class Row:
     unit: str
     peer: str | None = None
     peer_value: float | None = None
+    #: The goal an issue holds the metric to, as written there (e.g. "<= 5 ms").
+    goal: str | None = None
 
     @property
     def ratio(self) -> float | None:

@@ -159,13 +159,6 @@ FULL = Sizes(
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class GoalRow(Row):
-    """A row with the goal its metric is held to; ``to_json`` writes it as ``goal``."""
-
-    goal: str | None = None
-
-
 # -- the model -------------------------------------------------------------------------
 
 
@@ -869,20 +862,20 @@ def latency_rows(p: Platform, sizes: Sizes) -> list[Row]:
     latency = batch1_latency(p, sizes)
     router50, direct50, grpc50 = (percentile(latency[k], 50) for k in ("router", "direct", "grpc"))
     return [
-        GoalRow(
+        Row(
             metric="rest_p50_ms",
             value=round(router50, 4),
             unit="ms",
             peer="kserve_direct",
             peer_value=round(direct50, 4),
         ),
-        GoalRow(
+        Row(
             metric="router_overhead_p50_ms",
             value=round(router50 - direct50, 4),
             unit="ms",
             goal="<= 0.5 ms",
         ),
-        GoalRow(
+        Row(
             metric="grpc_p50_ms",
             value=round(grpc50, 4),
             unit="ms",
@@ -919,7 +912,7 @@ def steady_rows(p: Platform, sizes: Sizes) -> list[Row]:
     )
     latencies = steady["latencies_ms"]
     return [
-        GoalRow(
+        Row(
             metric=f"rest_p99_ms_at_{RATE}rps",
             value=round(percentile(latencies, 99), 4),
             unit="ms",
@@ -974,7 +967,7 @@ def throughput_rows(p: Platform, sizes: Sizes) -> list[Row]:
     peer_rps = round(bento.rps, 1) if bento else None
     cpu = {**ours.cpu_ms, **(bento.cpu_ms if bento else {})}
     return [
-        GoalRow(
+        Row(
             metric="rest_max_rps",
             value=round(ours.rps, 1),
             unit="requests/s",
@@ -1043,7 +1036,7 @@ def batch_rows(p: Platform, sizes: Sizes) -> list[Row]:
     as_binary = closed_loop(p.router_port, routed_request(p, body, headers), sizes, {})
     inprocess = inprocess_rows_per_s(p.onnx_bytes, batch, sizes.inprocess_s)
     return [
-        GoalRow(
+        Row(
             metric=f"batch{BATCH}_rows_per_s",
             value=round(as_json.rps * BATCH),
             unit="rows/s",
@@ -1073,7 +1066,7 @@ def cold_start_rows(p: Platform, sizes: Sizes) -> list[Row]:
     rows: list[Row] = [
         # The product's scale from zero: the router's pool hands the model to
         # its pre-warmed server (inference.server --standby).
-        GoalRow(
+        Row(
             metric="cold_start_s_100mb",
             value=round(statistics.median(prewarmed), 3),
             unit="s",
