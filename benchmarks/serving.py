@@ -38,11 +38,10 @@ every number below comes from that one run:
   from 1 to 16.
 - ``batch256_rows_per_s``: rows/s of V2 REST requests of 256 rows through the
   router, closed loop as above, JSON tensors. ``..._binary`` is the same with
-  KServe's binary tensor extension (``inference-header-content-length``): the
-  router forwards it, but its payload log cannot decode it (every such request
-  is skipped from the log with a warning), so binary does less work and is not
-  the headline. Peer: ``session.run`` in this process on the same 256 rows,
-  with the predictor's session options.
+  KServe's binary tensor extension (``inference-header-content-length``),
+  which the router forwards and its payload log reads back
+  (``inference/binary_tensors.py``). Peer: ``session.run`` in this process on
+  the same 256 rows, with the predictor's session options.
 - ``cold_start_s_100mb``: scale from zero as the product does it, for a
   registered ~100 MB model (25M float parameters; signed and encrypted by the
   registry): the router's pool keeps one pre-warmed ``inference.server

@@ -27,6 +27,7 @@ from falaj.errors import FalajError
 from falaj.events import EventType, InferenceLogged, make_event
 from falaj.logs import get_logger
 from falaj.publisher import EventPublisher
+from inference.binary_tensors import read_body
 from inference.errors import InvalidPayload
 from inference.inputs import (
     OUTPUT_NAME,
@@ -64,6 +65,9 @@ class Prediction:
     response: bytes
     #: The id the router gave the request (``x-falaj-inference-id``): outcomes refer to it.
     inference_id: str = ""
+    #: ``inference-header-content-length`` of a binary V2 request and response.
+    request_header_length: int | None = None
+    response_header_length: int | None = None
 
 
 @dataclass
@@ -77,10 +81,14 @@ class PayloadStats:
 def decode(prediction: Prediction, features: tuple[str, ...]) -> InferenceLogged:
     """The event data of one prediction: inputs by feature name, one output per row."""
     try:
-        request: Any = json.loads(prediction.request)
-        response: Any = json.loads(prediction.response)
+        if prediction.protocol is Protocol.V1:
+            request: Any = json.loads(prediction.request)
+            response: Any = json.loads(prediction.response)
+        else:
+            request = read_body(prediction.request, prediction.request_header_length, "inputs")
+            response = read_body(prediction.response, prediction.response_header_length, "outputs")
     except ValueError:
-        raise InvalidPayload("the request or response is not JSON (binary V2?)") from None
+        raise InvalidPayload("the request or response is neither JSON nor binary V2") from None
     matrix: Matrix
     if prediction.protocol is Protocol.V1:
         matrix = matrix_from_instances(request.get("instances"), features)

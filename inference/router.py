@@ -58,6 +58,7 @@ from falaj.registry import ModelRegistry
 from falaj.rollouts import RollbackPolicy, RolloutAction, Rollouts, RolloutStep, deployed_event
 from falaj.settings import PROJECT_ROOT, Settings
 from inference.backends import Backend, BackendPool, BackendState, PoolConfig
+from inference.binary_tensors import HEADER as BINARY_HEADER
 from inference.errors import InvalidPayload, UpstreamError
 from inference.inputs import DATATYPE, INPUT_NAME, OUTPUT_NAME
 from inference.outcomes import parse_outcomes
@@ -76,7 +77,7 @@ MAX_INFERENCE_ID = 200
 GUARD_INTERVAL_S = 1.0
 SOURCE = "/falaj/inference/router"
 #: Request headers a predictor needs to read the body (binary V2 tensors included).
-FORWARDED_HEADERS = ("content-type", "inference-header-content-length")
+FORWARDED_HEADERS = ("content-type", BINARY_HEADER)
 
 
 class Variant(StrEnum):
@@ -237,8 +238,16 @@ class Router:
                 VERSION_HEADER: str(backend.version),
                 VARIANT_HEADER: str(variant),
                 INFERENCE_ID_HEADER: inference_id,
+                # A binary V2 answer cannot be read without where its JSON ends.
+                **(
+                    {}
+                    if upstream.binary_header_length is None
+                    else {BINARY_HEADER: str(upstream.binary_header_length)}
+                ),
             },
         )
+        declared = request.headers.get(BINARY_HEADER, "")
+        request_header_length = int(declared) if declared.isdigit() else None
         if upstream.status == 200:
             self.payloads.submit(
                 Prediction(
@@ -249,11 +258,20 @@ class Router:
                     body,
                     upstream.content,
                     inference_id,
+                    request_header_length,
+                    upstream.binary_header_length,
                 )
             )
         if split.shadow_version is not None:
             mirrored = Prediction(
-                name, split.shadow_version, str(Variant.SHADOW), protocol, body, b"", inference_id
+                name,
+                split.shadow_version,
+                str(Variant.SHADOW),
+                protocol,
+                body,
+                b"",
+                inference_id,
+                request_header_length,
             )
             task = asyncio.create_task(self._mirror(mirrored, path, headers))
             self._shadows.add(task)
@@ -298,7 +316,13 @@ class Router:
         finally:
             self.pool.release(backend)
         if answer.status == 200:
-            self.payloads.submit(dataclasses.replace(mirrored, response=answer.content))
+            self.payloads.submit(
+                dataclasses.replace(
+                    mirrored,
+                    response=answer.content,
+                    response_header_length=answer.binary_header_length,
+                )
+            )
 
     async def _choose(
         self, split: TrafficSplit, pin: str | None, sticky_key: str | None = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from inference.binary_tensors import HEADER
 from inference.errors import UpstreamError
 
 
@@ -22,6 +23,8 @@ class Answer:
     status: int
     content: bytes
     content_type: str
+    #: ``inference-header-content-length`` of a binary V2 answer.
+    binary_header_length: int | None = None
 
 
 class Upstream:
@@ -49,10 +52,12 @@ class Upstream:
         try:
             async with self._session.post(url, data=body, headers=dict(headers)) as response:
                 content = await response.read()
+                binary = response.headers.get(HEADER, "")
                 return Answer(
                     response.status,
                     content,
                     response.headers.get("content-type", "application/json"),
+                    int(binary) if binary.isdigit() else None,
                 )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from None

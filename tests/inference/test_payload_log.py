@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import struct
+
+import numpy as np
+import pytest
 
 from falaj.events import EventType, InferenceLogged
 from falaj.publisher import EventPublisher
 from falaj.runtime.processes import free_port
+from inference.binary_tensors import read_body
+from inference.errors import InvalidPayload
 from inference.payload_log import PayloadLogger, Prediction, Protocol, decode
 from tests.inference.conftest import FEATURES, BrokerStandIn, wait_until
 
@@ -46,6 +52,45 @@ def test_decode_v1_and_v2_into_feature_columns() -> None:
     logged_v2 = decode(v2, FEATURES)
     assert logged_v2.inputs == logged.inputs
     assert logged_v2.outputs == [0.5, 0.75]
+
+
+def binary_body(key: str, tensors: list[tuple[str, str, list[int], bytes]]) -> tuple[bytes, int]:
+    """A V2 body in KServe's binary extension, and its JSON header's length."""
+    header = json.dumps(
+        {
+            key: [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+                for name, datatype, shape, raw in tensors
+            ]
+        }
+    ).encode()
+    return header + b"".join(raw for *_, raw in tensors), len(header)
+
+
+def test_decode_binary_v2_requests_and_answers_like_json() -> None:
+    request, request_length = binary_body(
+        "inputs", [("input", "FP32", [2, 6], np.asarray(FLAT, dtype="<f4").tobytes())]
+    )
+    answer, answer_length = binary_body(
+        "outputs", [("probability", "FP32", [2, 1], np.asarray([0.5, 0.75], "<f4").tobytes())]
+    )
+    binary = Prediction(
+        "fraud", 1, "stable", Protocol.V2, request, answer, "id-1", request_length, answer_length
+    )
+    logged = decode(binary, FEATURES)
+    assert logged.inputs == decode(v1(), FEATURES).inputs
+    assert logged.outputs == [0.5, 0.75] and logged.inference_id == "id-1"
+    # BYTES elements (entity ids) are length-prefixed strings.
+    ids = b"".join(struct.pack("<I", len(s)) + s for s in (b"c-1", b"card-22"))
+    body, length = binary_body("inputs", [("card_id", "BYTES", [2], ids)])
+    assert read_body(body, length, "inputs")["inputs"][0]["data"] == ["c-1", "card-22"]
+    with pytest.raises(InvalidPayload, match=r"expected 1\.\.12"):
+        read_body(b"{}" + b"0" * 10, 99, "inputs")
 
 
 def test_events_reach_the_broker_with_the_token(broker: BrokerStandIn) -> None:

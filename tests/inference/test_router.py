@@ -599,3 +599,35 @@ def test_bad_input_through_the_router_is_a_4xx_that_says_why_and_keeps_the_conne
 
 def tensor(data: list[float], shape: list[int], datatype: str = "FP32") -> dict[str, object]:
     return {"name": "input", "shape": shape, "datatype": datatype, "data": data}
+
+
+def test_triton_binary_tensors_through_the_router_are_answered_and_logged(
+    ctx: Context, router: RunningRouter, broker: BrokerStandIn
+) -> None:
+    import tritonclient.http as triton  # the HTTP client only: its gRPC one clashes with kserve
+
+    assert register(ctx, WEIGHTS_V1) == 1
+    with DeploymentStore(ctx) as store:
+        store.set(TrafficSplit("fraud", stable_version=1))
+    wait_until(lambda: httpx.get(f"{router.url}/v2/health/ready").status_code == 200, 90, "loaded")
+    rows = sample_rows(3, seed=4)
+    client = triton.InferenceServerClient(url=router.url.removeprefix("http://"))
+    tensor = triton.InferInput("input", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows, binary_data=True)
+    wanted = triton.InferRequestedOutput("probability", binary_data=True)
+    result = client.infer(
+        "fraud",
+        [tensor],
+        outputs=[wanted],
+        headers={"Authorization": f"Bearer {router.user}", "x-falaj-inference-id": "bin-1"},
+    )
+    client.close()
+    np.testing.assert_allclose(
+        result.as_numpy("probability").reshape(-1), reference(WEIGHTS_V1, rows), rtol=1e-5
+    )
+    # Binary in, binary out: the payload log still reads both.
+    wait_until(lambda: len(broker.received()) == 1, 30, "the binary prediction logged")
+    logged = InferenceLogged.model_validate(broker.received()[0].get_data())
+    assert logged.inference_id == "bin-1"
+    assert logged.inputs["amount"] == pytest.approx(rows[:, 0].tolist())
+    assert logged.outputs == pytest.approx(reference(WEIGHTS_V1, rows).tolist(), rel=1e-5)
