@@ -112,7 +112,7 @@ from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, fre
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.topology import BrokerSpec
 from falaj.topology_files import dump_endpoints, dump_topology
-from inference.server import STANDBY, STANDBY_READY
+from inference.server import STANDBY, STANDBY_READY, server_args, server_argv
 from inference.session import create_session
 
 FEATURES = ("amount", "hour", "distance_km", "card_age_days", "tx_count_24h", "is_foreign")
@@ -402,18 +402,7 @@ def start_predictor(
         env=env,
         log_path=log,
         cwd=PROJECT_ROOT,
-        argv=[
-            sys.executable,
-            *program,
-            "--model",
-            model,
-            "--version",
-            str(version),
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(free_port()),
-        ],
+        argv=[sys.executable, *program, *server_args(model, version, http_port, free_port())],
     ).start()
 
 
@@ -753,7 +742,7 @@ def prewarmed_cold_start(p: Platform, index: int) -> float:
         env=p.env,
         log_path=log,
         cwd=PROJECT_ROOT,
-        argv=[sys.executable, "-m", "inference.server", STANDBY],
+        argv=server_argv(STANDBY),
         stdin_pipe=True,
     ).start()
     try:
@@ -763,9 +752,7 @@ def prewarmed_cold_start(p: Platform, index: int) -> float:
                 raise RuntimeError(f"the standby never got ready:\n{process.tail()}")
             time.sleep(0.01)  # waiting for the imports, before the clock starts
         launched = time.perf_counter()
-        args = ["--model", WIDE, "--version", str(p.wide_version)]
-        args += ["--http-port", str(http_port), "--grpc-port", str(free_port())]
-        process.send_line(json.dumps(args))
+        process.send_line(json.dumps(server_args(WIDE, p.wide_version, http_port, free_port())))
         return first_answer(process, http_port, body) - launched
     finally:
         process.stop()

@@ -69,6 +69,15 @@ class TrafficSplit:
         if problems:
             raise ConfigError(f"invalid traffic split of {self.model!r}: " + "; ".join(problems))
 
+    def traffic(self) -> dict[str, object]:
+        """Who gets what share, as JSON: the versions, the canary's percent, the shadow."""
+        return {
+            "stable_version": self.stable_version,
+            "canary_version": self.canary_version,
+            "canary_percent": self.canary_percent,
+            "shadow_version": self.shadow_version,
+        }
+
     @property
     def aliases(self) -> dict[Alias, int]:
         """production: the stable version; canary: the canary version, while there is one."""

@@ -328,10 +328,14 @@ class RolloutRequested(EventData):
     reason: str = ""
 
 
+#: The longest inference id a caller may choose (the router refuses longer ones).
+MAX_INFERENCE_ID = 200
+
+
 class InferenceOutcome(EventData):
     """What really happened for one prediction (e.g. the transaction was fraud): feedback."""
 
-    inference_id: str = Field(min_length=1, max_length=200)
+    inference_id: str = Field(min_length=1, max_length=MAX_INFERENCE_ID)
     model: str
     #: The observed outcome; for a binary model 0 or 1.
     label: float

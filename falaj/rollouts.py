@@ -160,6 +160,11 @@ def deployed_event(split: TrafficSplit, step: RolloutStep) -> ModelDeployed:
     )
 
 
+def deployed_subject(split: TrafficSplit, step: RolloutStep) -> str:
+    """The announcement's subject: ``model/version``, the version the step was about."""
+    return f"{split.model}/{step.version or split.stable_version}"
+
+
 def _with_canary(current: TrafficSplit, version: int, percent: int) -> TrafficSplit:
     shadow = None if current.shadow_version == version else current.shadow_version
     return replace(current, canary_version=version, canary_percent=percent, shadow_version=shadow)
@@ -224,16 +229,7 @@ class Rollouts:
             details={
                 "before": describe_split(before),
                 "after": describe_split(after) if after else None,
-                **(
-                    {
-                        "stable_version": after.stable_version,
-                        "canary_version": after.canary_version,
-                        "canary_percent": after.canary_percent,
-                        "shadow_version": after.shadow_version,
-                    }
-                    if after
-                    else {}
-                ),
+                **(after.traffic() if after else {}),
                 "reason": step.reason,
                 "requested_by": step.requested_by,
                 **details,

@@ -19,7 +19,6 @@ under the pool's lock, the same lock the idle check holds.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from falaj.deployments import DeploymentStore, TrafficSplit
 from falaj.errors import RuntimeStartError
 from falaj.logs import get_logger
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from inference.server import STANDBY, server_args, server_argv
 
 
 class BackendState(StrEnum):
@@ -156,6 +156,7 @@ class BackendPool:
             backend = self._start_backend(model, version)
             self._backends[key] = backend
         self.log.info("backend.activating", model=model, version=version, pid=backend.process.pid)
+        self._replenish_standby()
         return backend
 
     def not_ready(self) -> dict[str, dict[str, object]]:
@@ -178,9 +179,7 @@ class BackendPool:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.config.prewarm:
-            with self._lock:
-                self._standby = self._spawn_standby()
+        self._replenish_standby()  # first, so the first start takes it over
         self.reconcile()
         self._thread = threading.Thread(target=self._watch, name="backend-pool", daemon=True)
         self._thread.start()
@@ -224,6 +223,8 @@ class BackendPool:
             to_start = sorted(wanted - set(self._backends))
             for model, version in to_start:
                 self._backends[(model, version)] = self._start_backend(model, version)
+        if to_start:
+            self._replenish_standby()
         for backend in removed:
             self.log.info("backend.stopping", model=backend.model, version=backend.version)
             self._stop_backend(backend)
@@ -267,51 +268,59 @@ class BackendPool:
 
     # -- one backend ---------------------------------------------------------------
 
-    def _server_args(self, model: str, version: int, http_port: int, grpc_port: int) -> list[str]:
-        return [
-            "--model",
-            model,
-            "--version",
-            str(version),
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
-        ]
-
-    def _spawn_standby(self) -> ManagedProcess:
-        """A server that imports everything now and learns its model later (under the lock)."""
-        self._standbys += 1
-        return ManagedProcess(
-            name=f"predictor-standby-{self._standbys}",
-            argv=[sys.executable, "-m", "inference.server", "--standby"],
+    def _replenish_standby(self) -> None:
+        """Keep one pre-warmed server waiting; spawned outside the lock requests take."""
+        if not self.config.prewarm or self._stop.is_set():
+            return
+        with self._lock:
+            if self._standby is not None:
+                return
+            self._standbys += 1
+            number = self._standbys
+        spawned = ManagedProcess(
+            name=f"predictor-standby-{number}",
+            argv=server_argv(STANDBY),
             env=self.config.env,
-            log_path=self.config.log_dir / f"predictor-standby-{self._standbys}.log",
+            log_path=self.config.log_dir / f"predictor-standby-{number}.log",
             cwd=self.config.cwd,
             grace_s=self.config.stop_grace_s,
             stdin_pipe=True,
         ).start()
+        with self._lock:
+            extra = self._standby is not None or self._stop.is_set()
+            if not extra:
+                self._standby = spawned
+        if extra:  # another thread was first, or the pool stopped meanwhile
+            spawned.stop()
+
+    def _take_standby(self, args: list[str]) -> ManagedProcess | None:
+        """The waiting standby, told to serve ``args``; None when there is none that can."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return None
+        try:
+            if standby.alive():
+                standby.send_line(json.dumps(args))
+                return standby
+        except RuntimeStartError:
+            pass
+        standby.stop()  # it died waiting: reap it
+        return None
 
     def _start_backend(self, model: str, version: int) -> Backend:
-        """Start a server for the version (the standby, when one waits); under the lock."""
+        """Start a server for the version (the standby, when one waits); under the lock.
+
+        The caller replenishes the standby once the lock is released.
+        """
         host = self.config.host
         http_port, grpc_port = free_port(host), free_port(host)
-        args = self._server_args(model, version, http_port, grpc_port)
-        process, prewarmed = self._standby, self._standby is not None
-        if process is not None and process.alive():
-            try:
-                process.send_line(json.dumps(args))
-            except RuntimeStartError:
-                process, prewarmed = None, False
-            self._standby = self._spawn_standby()  # the next start's
-        else:
-            process, prewarmed = None, False
-            if self.config.prewarm:
-                self._standby = self._spawn_standby()
+        args = server_args(model, version, http_port, grpc_port)
+        process = self._take_standby(args)
+        prewarmed = process is not None
         if process is None:
             process = ManagedProcess(
                 name=f"predictor-{model}-{version}",
-                argv=[sys.executable, "-m", "inference.server", *args],
+                argv=server_argv(*args),
                 env=self.config.env,
                 log_path=self.config.log_dir / f"predictor-{model}-{version}.log",
                 cwd=self.config.cwd,

@@ -51,11 +51,18 @@ from falaj.auth import Action
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
 from falaj.errors import AuthError, FalajError
-from falaj.events import EventType, make_event
+from falaj.events import MAX_INFERENCE_ID, EventType, make_event
 from falaj.logs import configure_logging, get_logger
 from falaj.publisher import EventPublisher
 from falaj.registry import ModelRegistry
-from falaj.rollouts import RollbackPolicy, RolloutAction, Rollouts, RolloutStep, deployed_event
+from falaj.rollouts import (
+    RollbackPolicy,
+    RolloutAction,
+    Rollouts,
+    RolloutStep,
+    deployed_event,
+    deployed_subject,
+)
 from falaj.settings import PROJECT_ROOT, Settings
 from inference.backends import Backend, BackendPool, BackendState, PoolConfig
 from inference.binary_tensors import HEADER as BINARY_HEADER
@@ -71,8 +78,6 @@ VARIANT_HEADER = "x-falaj-variant"
 PIN_HEADER = "x-falaj-version"
 STICKY_HEADER = "x-falaj-ab-key"
 INFERENCE_ID_HEADER = "x-falaj-inference-id"
-#: Longest inference id a caller may choose (it is kept and logged).
-MAX_INFERENCE_ID = 200
 #: How often the guard judges each canary against its stable version.
 GUARD_INTERVAL_S = 1.0
 SOURCE = "/falaj/inference/router"
@@ -209,7 +214,11 @@ class Router:
         path = (
             f"/v1/models/{name}:predict" if protocol is Protocol.V1 else f"/v2/models/{name}/infer"
         )
-        headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
+        headers = {
+            name: value
+            for name in FORWARDED_HEADERS
+            if (value := request.headers.get(name)) is not None
+        }
         started = time.perf_counter()
         try:
             upstream = await self.upstream.post(f"{backend.url}{path}", body, headers)
@@ -246,7 +255,7 @@ class Router:
                 ),
             },
         )
-        declared = request.headers.get(BINARY_HEADER, "")
+        declared = headers.get(BINARY_HEADER, "")
         request_header_length = int(declared) if declared.isdigit() else None
         if upstream.status == 200:
             self.payloads.submit(
@@ -282,18 +291,22 @@ class Router:
         """The request body, or a 413 saying the limit once it is exceeded (never read whole)."""
         limit = self.ctx.settings.serving_max_body_bytes
         declared = request.headers.get("content-length", "")
-        too_large = error(
-            413,
-            f"expected a request body of at most {limit} bytes (FALAJ_SERVING_MAX_BODY_BYTES), "
-            f"got {declared + ' bytes' if declared.isdigit() else 'more'}; send smaller batches",
-        )
+
+        def too_large() -> JSONResponse:
+            got = f"{declared} bytes" if declared.isdigit() else "more"
+            return error(
+                413,
+                f"expected a request body of at most {limit} bytes "
+                f"(FALAJ_SERVING_MAX_BODY_BYTES), got {got}; send smaller batches",
+            )
+
         if declared.isdigit() and int(declared) > limit:
-            return too_large
+            return too_large()
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                return too_large
+                return too_large()
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -432,7 +445,7 @@ class Router:
                     deployed_event(result.after, step),
                     region=self.ctx.settings.region,
                     source=SOURCE,
-                    subject=f"{split.model}/{split.canary_version}",
+                    subject=deployed_subject(result.after, step),
                 )
             )
         except FalajError as exc:
@@ -504,13 +517,7 @@ class Router:
                 "platform": "onnxruntime_onnx",
                 "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, width]}],
                 "outputs": [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": [-1, 1]}],
-                "traffic": {
-                    "stable_version": split.stable_version,
-                    "canary_version": split.canary_version,
-                    "canary_percent": split.canary_percent,
-                    "shadow_version": split.shadow_version,
-                    "updated": split.updated,
-                },
+                "traffic": {**split.traffic(), "updated": split.updated},
                 "status": self._status(split),
                 "shadow": self._shadow_status(split),
             }

@@ -135,6 +135,25 @@ class JsonByDefault:
         await self.app(scope, receive, send)
 
 
+def server_argv(*args: str) -> list[str]:
+    """The command line of a model server in this interpreter, with ``args``."""
+    return [sys.executable, "-m", "inference.server", *args]
+
+
+def server_args(model: str, version: int, http_port: int, grpc_port: int) -> list[str]:
+    """The flags that serve ``version`` of ``model`` on these ports (after the program)."""
+    return [
+        "--model",
+        model,
+        "--version",
+        str(version),
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+    ]
+
+
 #: The flag of a pre-warmed server (alone on the command line).
 STANDBY = "--standby"
 #: What a standby prints once it has imported everything (benchmarks wait for it).

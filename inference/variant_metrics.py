@@ -64,9 +64,6 @@ class VariantMetrics:
     def p99_ms(self) -> float | None:
         return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else None
 
-    def evidence(self) -> VariantEvidence:
-        return VariantEvidence(self.requests, self.server_errors, self.p99_ms())
-
     def to_json(self) -> dict[str, Any]:
         latencies = np.asarray(self.latencies_ms)
         predictions = np.asarray(self.predictions)
@@ -159,9 +156,24 @@ class ServingMetrics:
         """The stable's and the canary's evidence, while the split has a canary."""
         if split.canary_version is None:
             return None
-        stable, canary = self._pair(split)
-        assert canary is not None
-        return stable.evidence(), canary.evidence()
+        # Counters and a copy of the latencies under the lock (the request path
+        # takes it too); the percentiles after it.
+        with self._lock:
+            counted = [
+                (found.requests, found.server_errors, np.asarray(found.latencies_ms))
+                for found in (
+                    self._variants.get((split.model, version, variant), VariantMetrics())
+                    for version, variant in (
+                        (split.stable_version, "stable"),
+                        (split.canary_version, "canary"),
+                    )
+                )
+            ]
+        stable, canary = (
+            VariantEvidence(n, errors, float(np.percentile(ms, 99)) if ms.size else None)
+            for n, errors, ms in counted
+        )
+        return stable, canary
 
     def _pair(self, split: TrafficSplit) -> tuple[VariantMetrics, VariantMetrics | None]:
         with self._lock:
@@ -190,12 +202,8 @@ class ServingMetrics:
                 "error_rate": compare_rates(
                     stable.server_errors, stable.requests, canary.server_errors, canary.requests
                 ).to_json(),
-                "latency_ms": compare_means(
-                    list(stable.latencies_ms), list(canary.latencies_ms)
-                ).to_json(),
-                "prediction_mean": compare_means(
-                    list(stable.predictions), list(canary.predictions)
-                ).to_json(),
+                "latency_ms": compare_means(stable.latencies_ms, canary.latencies_ms).to_json(),
+                "prediction_mean": compare_means(stable.predictions, canary.predictions).to_json(),
                 "accuracy": compare_rates(
                     stable.correct, stable.outcomes, canary.correct, canary.outcomes
                 ).to_json(),

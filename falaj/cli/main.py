@@ -22,7 +22,9 @@ from falaj.cli.options import (
     console,
     err_console,
     fail,
+    router_url,
     settings_for,
+    user_token,
 )
 from falaj.cli.rollout import rollout_app
 from falaj.context import Paths
@@ -60,23 +62,13 @@ train_app = typer.Typer(
 app.add_typer(train_app, name="train")
 app.add_typer(rollout_app, name="rollout")
 
-_settings = settings_for
-_fail = fail
-
-
-def _user_token(paths: Paths, role: Role) -> str:
-    path = paths.keys / f"{role}.token"
-    if not path.exists():
-        raise FalajError(f"no {role} token at {path}; is 'falaj up' running in this folder?")
-    return path.read_text().strip()
-
 
 @app.command()
 def up(home: HomeOption = None) -> None:
     """Start the platform from manifests/ and keep it running until Ctrl-C or 'falaj down'."""
     from falaj.runtime.platform import LocalPlatform
 
-    settings = _settings(home)
+    settings = settings_for(home)
     # FALAJ_RAY_ADDRESS points at a Ray head that is already running.
     platform = LocalPlatform(settings, external_ray_address=settings.ray_address)
     stop = threading.Event()
@@ -85,7 +77,7 @@ def up(home: HomeOption = None) -> None:
         with console.status("starting") as status:
             platform.up(progress=lambda what: status.update(f"starting {what}"))
     except FalajError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(
         f"Falaj is up: broker {settings.broker_ingress}, router "
         f"http://{settings.host}:{settings.router_port}, Ray {settings.ray_jobs_address}\n"
@@ -108,16 +100,16 @@ def up(home: HomeOption = None) -> None:
 @app.command()
 def down(home: HomeOption = None) -> None:
     """Stop a platform started by 'falaj up' in this folder."""
-    paths = Paths(_settings(home).resolved_home)
+    paths = Paths(settings_for(home).resolved_home)
     state_file = paths.run / "platform.json"
     if not state_file.exists():
-        raise _fail(f"no running platform recorded in {state_file}")
+        raise fail(f"no running platform recorded in {state_file}")
     pid = int(json.loads(state_file.read_text())["pid"])
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         state_file.unlink()
-        raise _fail(f"process {pid} is gone; removed the stale {state_file}") from None
+        raise fail(f"process {pid} is gone; removed the stale {state_file}") from None
     deadline = time.monotonic() + 60
     while state_file.exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # waiting for 'falaj up' to stop its processes
@@ -134,7 +126,7 @@ def demo(
     from falaj.cli.render import render_report
     from falaj.runtime.demo import DemoConfig, DemoStory, demo_home
 
-    settings = _settings(home or demo_home(Path.cwd()))
+    settings = settings_for(home or demo_home(Path.cwd()))
     # One drift alert per version is the story; a long cooldown keeps the
     # canary's own traffic from starting a third training mid-demo.
     settings = settings.model_copy(update={"drift_cooldown_s": 3600.0})
@@ -151,14 +143,14 @@ def demo(
 
             report = story.run(step)
     except FalajError as exc:
-        raise _fail(f"demo failed: {exc}") from None
+        raise fail(f"demo failed: {exc}") from None
     if as_json:
         console.print_json(json.dumps(asdict(report), default=str))
     else:
         render_report(report, console)
         console.print(f"The loop closed in {time.monotonic() - started:.0f} s.")
     if not report.audit_verified:
-        raise _fail("the audit log does not verify")
+        raise fail("the audit log does not verify")
 
 
 @app.command()
@@ -176,7 +168,7 @@ def predict(
     """Ask the running platform for a prediction (KServe V2 over REST)."""
     from falaj.feature_repo import load_repo
 
-    settings = _settings(home)
+    settings = settings_for(home)
     try:
         values = json.loads(features)
         repo = load_repo(settings)
@@ -188,9 +180,9 @@ def predict(
         with _client(settings, Role.ML_ENGINEER) as client:
             result = client.predict(spec.name, [[float(values[n]) for n in names]])
     except json.JSONDecodeError as exc:
-        raise _fail(f"features must be a JSON object: {exc}") from None
+        raise fail(f"features must be a JSON object: {exc}") from None
     except FalajError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         console.print_json(json.dumps(asdict(result)))
     else:
@@ -203,10 +195,10 @@ def predict(
 @app.command()
 def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """What runs, where, and whether it is alive."""
-    paths = Paths(_settings(home).resolved_home)
+    paths = Paths(settings_for(home).resolved_home)
     state_file = paths.run / "platform.json"
     if not state_file.exists():
-        raise _fail("no platform is running here ('falaj up' starts one)")
+        raise fail("no platform is running here ('falaj up' starts one)")
     state = json.loads(state_file.read_text())
     alive = {name: _pid_alive(pid) for name, pid in state["processes"].items()}
     if as_json:
@@ -228,14 +220,14 @@ def _pid_alive(pid: int) -> bool:
 @audit_app.command("verify")
 def audit_verify(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Check the hash chain; exit 1 naming the first broken entry."""
-    log = AuditLog(Paths(_settings(home).resolved_home).audit)
+    log = AuditLog(Paths(settings_for(home).resolved_home).audit)
     try:
         report = log.verify()
     except AuditTampered as exc:
         if as_json:
             console.print_json(json.dumps({"verified": False, "error": str(exc)}))
             raise typer.Exit(1) from None
-        raise _fail(f"audit log tampered: {exc}") from None
+        raise fail(f"audit log tampered: {exc}") from None
     if as_json:
         console.print_json(json.dumps({"verified": True, "entries": report.entries}))
     else:
@@ -248,7 +240,7 @@ def audit_show(
     last: Annotated[int, typer.Option(help="entries from the end")] = 20,
 ) -> None:
     """Print the last entries."""
-    log = AuditLog(Paths(_settings(home).resolved_home).audit)
+    log = AuditLog(Paths(settings_for(home).resolved_home).audit)
     for entry in list(log.entries())[-last:]:
         console.print(
             f"{entry['seq']:>5} {entry['time'][:19]} {entry['action']:<22} {entry['outcome']:<8}"
@@ -266,11 +258,11 @@ def features_check(as_json: JsonOption = False) -> None:
         push_source_name,
     )
 
-    settings = _settings(None)
+    settings = settings_for(None)
     try:
         repo = load_repo(settings)
     except FalajError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     datasets = {
         name: {
             "entity": schema.entity,
@@ -334,10 +326,10 @@ def events_list(
     from falaj.events import EventType
 
     try:
-        with _client(_settings(home), Role.VIEWER) as client:
+        with _client(settings_for(home), Role.VIEWER) as client:
             events = client.events(EventType(event_type) if event_type else None)
     except (FalajError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         console.print_json(json.dumps(events))
         return
@@ -350,8 +342,8 @@ def _client(settings: Settings, role: Role) -> PlatformClient:
 
     return PlatformClient(
         broker_url=settings.broker_ingress,
-        router_url=f"http://{settings.host}:{settings.router_port}",
-        token=_user_token(Paths(settings.resolved_home), role),
+        router_url=router_url(settings),
+        token=user_token(Paths(settings.resolved_home), role),
     )
 
 
@@ -363,10 +355,10 @@ def events_dead(
 ) -> None:
     """Events the broker could not deliver (or refused at ingress), with the reason."""
     try:
-        with _client(_settings(home), Role.VIEWER) as client:
+        with _client(settings_for(home), Role.VIEWER) as client:
             letters = client.dead_letters(limit)
     except FalajError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         console.print_json(json.dumps(letters))
         return
@@ -389,7 +381,7 @@ def events_replay(
     """Send dead letters again (platform-admin)."""
     failed = 0
     try:
-        with _client(_settings(home), Role.PLATFORM_ADMIN) as client:
+        with _client(settings_for(home), Role.PLATFORM_ADMIN) as client:
             for dead_letter_id in dead_letter_ids:
                 try:
                     result = client.replay(dead_letter_id)
@@ -399,7 +391,7 @@ def events_replay(
                     continue
                 console.print(f"{dead_letter_id}: queued again as delivery {result['delivery']}")
     except FalajError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if failed:
         raise typer.Exit(1)
 
@@ -421,7 +413,7 @@ def _serving(home: Path | None) -> tuple[ModelRegistry, dict[str, TrafficSplit]]
     from falaj.deployments import DeploymentStore
     from falaj.registry import ModelRegistry
 
-    ctx = Context.create(_settings(home), actor="cli")
+    ctx = Context.create(settings_for(home), actor="cli")
     with DeploymentStore(ctx) as deployments:
         splits = {split.model: split for split in deployments.all()}
     return ModelRegistry(ctx), splits
@@ -474,7 +466,7 @@ def _found(
             )
         return latest, splits.get(model)
     except FalajError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @models_app.command("list")
@@ -486,7 +478,7 @@ def models_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
         registry, splits = _serving(home)
         versions = [v for model in registry.models() for v in registry.versions(model)]
     except FalajError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     rows = [
         {
             "model": v.model,
@@ -585,7 +577,7 @@ def train_status(
 
     from falaj.training_runs import DB_FILE, TrainingJobs
 
-    directory = Paths(_settings(home).resolved_home).training
+    directory = Paths(settings_for(home).resolved_home).training
     if not (directory / DB_FILE).exists():  # reading must not create the launcher's state
         console.print("no training runs (the training launcher has launched none here)")
         return
@@ -597,7 +589,7 @@ def train_status(
             )
             pending = {m: jobs.pending(m) for m in models}
     except (FalajError, OSError) as exc:
-        raise _fail(f"cannot read the training runs: {exc}") from None
+        raise fail(f"cannot read the training runs: {exc}") from None
     by_model = {m: [run for run in runs if run.model == m][-limit:] for m in models}
     if as_json:
         shown = {}

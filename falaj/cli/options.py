@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from falaj.auth import Role
+from falaj.context import Paths
+from falaj.errors import FalajError
 from falaj.settings import Settings
 
 console = Console()
@@ -29,3 +32,16 @@ def settings_for(home: Path | None) -> Settings:
 def fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
+
+
+def router_url(settings: Settings) -> str:
+    """The local inference router, as ``falaj up`` starts it."""
+    return f"http://{settings.host}:{settings.router_port}"
+
+
+def user_token(paths: Paths, role: Role) -> str:
+    """The token ``falaj up`` wrote for ``role``; ``FalajError`` when there is none."""
+    path = paths.keys / f"{role}.token"
+    if not path.exists():
+        raise FalajError(f"no {role} token at {path}; is 'falaj up' running in this folder?")
+    return path.read_text().strip()

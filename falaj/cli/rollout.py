@@ -32,7 +32,9 @@ from falaj.cli.options import (
     console,
     err_console,
     fail,
+    router_url,
     settings_for,
+    user_token,
 )
 from falaj.context import Paths
 from falaj.errors import FalajError
@@ -97,21 +99,20 @@ def _announce(settings: Settings, result: RolloutResult) -> bool | None:
     """Announce the new split while the platform runs; None when it does not run here."""
     from falaj.events import EventType, make_event
     from falaj.publisher import EventPublisher
-    from falaj.rollouts import deployed_event
+    from falaj.rollouts import deployed_event, deployed_subject
 
-    token_file = Paths(settings.resolved_home).keys / "service.token"
-    if not token_file.exists():
-        return None
+    try:
+        token = user_token(Paths(settings.resolved_home), Role.SERVICE)
+    except FalajError:
+        return None  # no platform runs here
     event = make_event(
         EventType.MODEL_DEPLOYED,
         deployed_event(result.after, result.step),
         region=settings.region,
         source=CLI_SOURCE,
-        subject=f"{result.after.model}/{result.step.version or result.after.stable_version}",
+        subject=deployed_subject(result.after, result.step),
     )
-    publisher = EventPublisher(
-        settings.broker_ingress, token_file.read_text().strip(), timeout_s=5.0
-    )
+    publisher = EventPublisher(settings.broker_ingress, token, timeout_s=5.0)
     try:
         publisher.publish(event)
     except FalajError:
@@ -198,11 +199,12 @@ def _live_report(settings: Settings, model: str) -> dict[str, Any] | None:
     """The router's A/B report and backend states, or None when no router answers."""
     import httpx
 
-    token_file = Paths(settings.resolved_home).keys / f"{Role.VIEWER}.token"
-    if not token_file.exists():
-        return None
-    url = f"http://{settings.host}:{settings.router_port}/v2/models/{model}"
-    headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+    try:
+        token = user_token(Paths(settings.resolved_home), Role.VIEWER)
+    except FalajError:
+        return None  # no platform runs here
+    url = f"{router_url(settings)}/v2/models/{model}"
+    headers = {"Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(timeout=5.0, headers=headers) as client:
             ab, metadata = client.get(f"{url}/ab"), client.get(url)
@@ -242,13 +244,7 @@ def status(model: ModelArgument, home: HomeOption = None, as_json: JsonOption = 
             json.dumps(
                 {
                     "model": model,
-                    "split": {
-                        "stable_version": split.stable_version,
-                        "canary_version": split.canary_version,
-                        "canary_percent": split.canary_percent,
-                        "shadow_version": split.shadow_version,
-                        "updated": split.updated,
-                    },
+                    "split": {**split.traffic(), "updated": split.updated},
                     "live": live,
                 }
             )

@@ -85,9 +85,7 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def wait_ready(
-        self, check: ReadyCheck, timeout_s: float = 60.0, poll_s: float = 0.1
-    ) -> None:
+    def wait_ready(self, check: ReadyCheck, timeout_s: float = 60.0, poll_s: float = 0.1) -> None:
         """Poll ``check`` until it passes, the process dies, or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

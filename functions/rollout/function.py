@@ -21,7 +21,7 @@ from falaj.events import EventType, ModelRegistered, ParsedEvent, RolloutRequest
 from falaj.function import CloudEventFunction
 from falaj.logs import get_logger
 from falaj.registry import ModelRegistry
-from falaj.rollouts import RolloutAction, Rollouts, RolloutStep, deployed_event
+from falaj.rollouts import RolloutAction, Rollouts, RolloutStep, deployed_event, deployed_subject
 
 
 class RolloutFunction(CloudEventFunction):
@@ -70,7 +70,7 @@ class RolloutFunction(CloudEventFunction):
         self.emit(
             EventType.MODEL_DEPLOYED,
             deployed_event(split, step),
-            subject=f"{split.model}/{step.version or split.stable_version}",
+            subject=deployed_subject(split, step),
         )
 
 

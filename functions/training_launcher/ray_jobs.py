@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import requests
 from ray.job_submission import JobSubmissionClient
 
-from falaj.runtime.ray_head import RAY_TRAIN_ENV
+from falaj.runtime.ray_head import ray_env
 from falaj.settings import ENV_PREFIX, PROJECT_ROOT, SECRET_SETTINGS, Settings
 from falaj.training_runs import TrainingRequest
 from functions.training_launcher.errors import JobSubmissionFailed
@@ -111,11 +111,9 @@ def job_env(
         env[f"{ENV_PREFIX}TOKEN_FILE"] = str(token_file.resolve())
     if secrets_file is not None:
         env[f"{ENV_PREFIX}SECRETS_FILE"] = str(secrets_file.resolve())
-    # The same mode as the local head (falaj.runtime.ray_head.ray_env); the
-    # job's own ray.init must not expect a token the head never issued.
-    env["RAY_AUTH_MODE"] = "disabled"
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env.update(RAY_TRAIN_ENV)
+    # The same Ray settings as the local head: the job's own ray.init must not
+    # expect a token the head never issued, and Ray Train polls as fast.
+    env.update(ray_env({}))
     # The job's working directory is a Ray temp dir; the project root on the
     # path makes `-m training.job` import even where it is not installed.
     env["PYTHONPATH"] = str(PROJECT_ROOT)

@@ -851,8 +851,10 @@ def test_a_job_stopped_on_ray_is_announced_failed_by_the_watcher(
         [failed] = event_sink.wait_for(EventType.TRAINING_FAILED, job_id=run.job_id, timeout_s=60)
     finally:
         launcher.stop()
-        if not client.get_job_status(run.job_id).is_terminal():
-            client.stop_job(run.job_id)
+        # Every job this test started, even when it failed before it knew the run.
+        for started in TrainingJobs(ctx.paths.training).runs(MODEL):
+            if not client.get_job_status(started.job_id).is_terminal():
+                client.stop_job(started.job_id)
     assert "was stopped before it finished" in failed.data["reason"], failed.data
     with TrainingJobs(ctx.paths.training) as jobs:
         stopped = jobs.run(run.job_id)

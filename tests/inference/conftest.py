@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from falaj.context import Context
 from falaj.publisher import BATCH_CONTENT_TYPE
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
 from falaj.settings import PROJECT_ROOT, Settings
+from inference.server import server_args, server_argv
 from tests.support.models import (  # noqa: F401  (re-exported to the inference tests)
     FEATURES,
     WEIGHTS_V1,
@@ -48,19 +48,7 @@ def start_predictor_grpc(ctx: Context, child_env: dict[str, str]) -> Iterator[Gr
         port, grpc_port = free_port(), free_port()
         process = ManagedProcess(
             name=f"predictor-fraud-{version}",
-            argv=[
-                sys.executable,
-                "-m",
-                "inference.server",
-                "--model",
-                "fraud",
-                "--version",
-                str(version),
-                "--http-port",
-                str(port),
-                "--grpc-port",
-                str(grpc_port),
-            ],
+            argv=server_argv(*server_args("fraud", version, port, grpc_port)),
             env=child_env,
             log_path=ctx.paths.logs / f"predictor-fraud-{version}.log",
             cwd=PROJECT_ROOT,

@@ -76,6 +76,16 @@ class RunningRouter:
     service: str
     #: Predictor PIDs a test saw (a scaled-to-zero one is gone from the status).
     predictor_pids: set[int] = field(default_factory=set)
+    #: The clients a test opened (``client``), closed with the router.
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, token: str) -> httpx.Client:
+        """A keep-alive client of this router with ``token``; closed when the router stops."""
+        opened = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+        )
+        self.clients.append(opened)
+        return opened
 
 
 def alive(pid: int) -> bool:
@@ -125,12 +135,14 @@ def start_router(ctx: Context, broker: BrokerStandIn) -> Iterator[RouterStarter]
         return running
 
     yield start
-    for running in started:
-        stop_router(running)
+    leftovers = [pid for running in started for pid in stop_router(running)]
+    assert leftovers == [], "a router left predictor processes running"
 
 
-def stop_router(running: RunningRouter) -> None:
-    """Stop the router; the predictors it started are its to stop, and none may be left."""
+def stop_router(running: RunningRouter) -> list[int]:
+    """Stop the router; the predictors it started are its to stop: those left, killed."""
+    for opened in running.clients:
+        opened.close()
     seen_pids: set[int] = set(running.predictor_pids)
     with contextlib.suppress(httpx.HTTPError, KeyError):
         status = httpx.get(
@@ -142,7 +154,7 @@ def stop_router(running: RunningRouter) -> None:
     leftovers = [pid for pid in seen_pids if alive(pid)]
     for pid in leftovers:
         os.killpg(pid, signal.SIGKILL)
-    assert leftovers == [], "the router left predictor processes running"
+    return leftovers
 
 
 @pytest.fixture
@@ -169,12 +181,8 @@ def test_split_headers_auth_payload_log_and_a_refused_canary(
     store = DeploymentStore(ctx)
     store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=10))
 
-    user = httpx.Client(
-        base_url=router.url, headers={"Authorization": f"Bearer {router.user}"}, timeout=30.0
-    )
-    viewer = httpx.Client(
-        base_url=router.url, headers={"Authorization": f"Bearer {router.viewer}"}, timeout=30.0
-    )
+    user = router.client(router.user)
+    viewer = router.client(router.viewer)
     wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
 
     # -- auth and unknown models
@@ -273,8 +281,6 @@ def test_split_headers_auth_payload_log_and_a_refused_canary(
     assert viewer.get("/v2/models/fraud/ready").status_code == 503
     refusals = [e for e in ctx.audit.entries() if e["action"] == "model.load.refused"]
     assert [(e["resource"], e["actor"]) for e in refusals] == [("model/fraud/3", "predictor")]
-    user.close()
-    viewer.close()
 
 
 def test_sticky_keys_never_move_between_variants(ctx: Context, router: RunningRouter) -> None:
@@ -283,9 +289,7 @@ def test_sticky_keys_never_move_between_variants(ctx: Context, router: RunningRo
     DeploymentStore(ctx).set(
         TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=30)
     )
-    user = httpx.Client(
-        base_url=router.url, headers={"Authorization": f"Bearer {router.user}"}, timeout=30.0
-    )
+    user = router.client(router.user)
     wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
     rows = sample_rows(1, seed=3)
     seen: dict[str, set[str]] = {}
@@ -312,9 +316,7 @@ def test_sticky_keys_never_move_between_variants(ctx: Context, router: RunningRo
     )
     assert bad.status_code == 400
     assert httpx.get(f"{router.url}/v2/models/fraud/ab").status_code == 401
-    viewer = httpx.Client(
-        base_url=router.url, headers={"Authorization": f"Bearer {router.viewer}"}, timeout=30.0
-    )
+    viewer = router.client(router.viewer)
     report = viewer.get("/v2/models/fraud/ab").json()
     stable, canary = report["variants"]["v1 (stable)"], report["variants"]["v2 (canary)"]
     assert canary["requests"] == 3 * canary_keys + ("canary" in seen["customer-0"])
@@ -332,12 +334,8 @@ def test_a_shadow_gets_every_request_and_no_caller_sees_its_answer(
     assert register(ctx, WEIGHTS_V2) == 2
     with DeploymentStore(ctx) as store:
         store.set(TrafficSplit("fraud", stable_version=1, shadow_version=2))
-    user = httpx.Client(
-        base_url=router.url, headers={"Authorization": f"Bearer {router.user}"}, timeout=30.0
-    )
-    viewer = httpx.Client(
-        base_url=router.url, headers={"Authorization": f"Bearer {router.viewer}"}, timeout=30.0
-    )
+    user = router.client(router.user)
+    viewer = router.client(router.viewer)
 
     def shadow_ready() -> bool:
         shadow = viewer.get("/v2/models/fraud").json().get("shadow") or {}
@@ -387,12 +385,8 @@ def test_a_ten_percent_canary_gets_ten_percent_and_outcomes_count_per_variant(
     with DeploymentStore(ctx) as store:
         store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=10))
     running = start_router()
-    user = httpx.Client(
-        base_url=running.url, headers={"Authorization": f"Bearer {running.user}"}, timeout=30.0
-    )
-    viewer = httpx.Client(
-        base_url=running.url, headers={"Authorization": f"Bearer {running.viewer}"}, timeout=30.0
-    )
+    user = running.client(running.user)
+    viewer = running.client(running.viewer)
     wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
 
     requests = 5000
@@ -410,6 +404,17 @@ def test_a_ten_percent_canary_gets_ten_percent_and_outcomes_count_per_variant(
     assert len(answered) == requests  # every answer has its own inference id
     # 10% +- 2% of 5,000: Binomial(5000, 0.1) has sd 21, so 400..600 is beyond 4.7 sd.
     assert 400 <= variants["canary"] <= 600, variants
+
+    # Predictions reach the metrics from the payload log, off the request path:
+    # an outcome can only be credited once its prediction got there.
+    def report() -> dict[str, dict[str, object]]:
+        return viewer.get("/v2/models/fraud/ab").json()["variants"]
+
+    wait_until(
+        lambda: sum(v["predictions"]["count"] for v in report().values()) == requests,  # type: ignore[index]
+        60,
+        "every prediction reached the metrics through the payload log",
+    )
 
     # Outcome feedback, as JSON and as an inference.outcome CloudEvent.
     ids = list(answered)
@@ -431,14 +436,6 @@ def test_a_ten_percent_canary_gets_ten_percent_and_outcomes_count_per_variant(
     denied = viewer.post("/v2/models/fraud/outcomes", json=labels[:1])
     assert denied.status_code == 403
 
-    def report() -> dict[str, dict[str, object]]:
-        return viewer.get("/v2/models/fraud/ab").json()["variants"]
-
-    wait_until(
-        lambda: sum(v["predictions"]["count"] for v in report().values()) == requests,  # type: ignore[index]
-        60,
-        "every prediction reached the metrics through the payload log",
-    )
     ab = viewer.get("/v2/models/fraud/ab").json()
     stable, canary = ab["variants"]["v1 (stable)"], ab["variants"]["v2 (canary)"]
     assert stable["requests"] + canary["requests"] == requests
@@ -464,9 +461,7 @@ def test_a_canary_that_returns_errors_is_rolled_back_automatically(
     store = DeploymentStore(ctx)
     store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=50))
     running = start_router(rollback_min_requests=30)
-    user = httpx.Client(
-        base_url=running.url, headers={"Authorization": f"Bearer {running.user}"}, timeout=30.0
-    )
+    user = running.client(running.user)
     wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
 
     def canary() -> int | None:
@@ -515,9 +510,7 @@ def test_a_scaled_to_zero_model_answers_its_next_requests(
     with DeploymentStore(ctx) as store:
         store.set(TrafficSplit("fraud", stable_version=1))
     running = start_router(serving_idle_s=0.5)
-    viewer = httpx.Client(
-        base_url=running.url, headers={"Authorization": f"Bearer {running.viewer}"}, timeout=30.0
-    )
+    viewer = running.client(running.viewer)
 
     def state() -> dict[str, object]:
         status: dict[str, object] = viewer.get("/v2/models/fraud").json()["status"]["1"]

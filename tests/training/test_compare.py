@@ -83,5 +83,10 @@ def test_the_verdict_comes_from_both_models_on_the_same_rows(
     assert lineage["auc_delta"] == pytest.approx(scored.auc - comparison.production.auc)
     # Registered metrics (0.99) are not what it was judged by.
     assert lineage["production_on_same_rows"]["auc"] < 0.99
-    if verdict == Verdict.ON_PAR:
-        assert abs(lineage["auc_delta"]) <= AUC_MARGIN
+    # The verdict is the margin applied to the delta, in every case.
+    delta = lineage["auc_delta"]
+    assert {
+        Verdict.BETTER: delta > AUC_MARGIN,
+        Verdict.WORSE: delta < -AUC_MARGIN,
+        Verdict.ON_PAR: abs(delta) <= AUC_MARGIN,
+    }[verdict]

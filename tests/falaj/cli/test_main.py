@@ -183,7 +183,7 @@ def test_train_status_shows_each_run_with_its_progress_and_what_waits(tmp_path: 
         "training",
     )
     none = runner.invoke(app, ["train", "status", "credit", "--home", str(home)])
-    assert "no training runs for 'credit'" in none.output
+    assert none.exit_code == 0 and "no training runs for 'credit'" in none.output
 
 
 @pytest.mark.parametrize(

@@ -47,14 +47,14 @@ def test_canary_resize_promote_rollback_and_shadow_from_the_cli(ctx: Context) ->
     assert code == 1 and "expected a version to shadow, or --off" in out
 
     code, out = rollout(ctx, "canary", "fraud", "9")
-    assert code == 1 and "9" in out  # an unknown version is refused by the registry
+    assert code == 1 and "has no version 9" in out  # refused by the registry
 
     code, out = rollout(ctx, "status", "fraud", "--json")
     assert code == 0, out
     status = json.loads(out)
     assert status["split"]["stable_version"] == 2 and status["live"] is None
     code, out = rollout(ctx, "status", "fraud")
-    assert "no router answers here" in out
+    assert code == 0 and "no router answers here" in out
     code, out = rollout(ctx, "status", "aml")
     assert code == 1 and "'aml' has no traffic split" in out
 
