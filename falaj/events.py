@@ -352,14 +352,34 @@ class InferenceLogged(EventData):
     outputs: list[float]
 
 
+class DriftFindingData(BaseModel):
+    """One statistic of one feature past its threshold (``falaj.drift_policy.DriftFinding``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feature: str
+    statistic: str
+    #: None where the value is infinite: a category training never saw, a
+    #: constant training column that moved (JSON has no infinity).
+    value: float | None
+    threshold: float
+    p_value: float | None = None
+
+
 class DriftDetected(EventData):
     model: str
     version: int = Field(ge=1)
     window_size: int = Field(ge=1)
-    statistic: str
-    threshold: float
+    #: PSI of every scored feature (and ``prediction``): the one statistic every
+    #: column has, which the training launcher reads as the drift's severity.
     scores: dict[str, float]
     drifted_features: list[str]
+    #: Every statistic past its threshold, per feature; absent in events
+    #: written before there was more than PSI.
+    findings: list[DriftFindingData] = Field(default_factory=list)
+    #: The statistic of ``scores`` and its threshold (None: PSI decides nothing).
+    statistic: str = "psi"
+    threshold: float | None = None
 
 
 class StreamRecord(EventData):

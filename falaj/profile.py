@@ -1,4 +1,4 @@
-"""The reference profile of a model version, and the population stability index.
+"""The reference profile of a model version: the baseline every drift statistic reads.
 
 At training time every numeric feature (and the model's predictions) is cut
 into quantile bins of the training data; the profile keeps the cut points, the
@@ -19,9 +19,8 @@ shows up as drift rather than being dropped. Integer codes and booleans are
 keyed by their integer value (``"0"``, ``"1"``), so a flag trained as float32
 and sent back as a JSON number lands in the same category.
 
-PSI = sum over bins (or categories) of (actual - expected) * ln(actual /
-expected); a common reading is < 0.1 stable, 0.1-0.2 a moderate shift, > 0.2 a
-significant one.
+A numeric feature also keeps its cumulative distribution (``distribution``),
+for the Kolmogorov–Smirnov and Wasserstein statistics (``drift_statistics``).
 """
 
 from __future__ import annotations
@@ -34,17 +33,17 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from falaj.distribution import CumulativeDistribution
 from falaj.errors import ArtifactError, SchemaError
 from falaj.schema import DType, FeatureSchema
 
 #: The key of prediction drift in score mappings; no feature may take it.
 PREDICTION = "prediction"
-#: Shares below this count as this, so an empty bin gives a large but finite PSI.
-EPSILON = 1e-4
-#: Format 2 added categorical features and quantiles; format 1 files (numeric
-#: features without quantiles) are still read.
-PROFILE_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+#: Format 2 added categorical features and quantiles, format 3 each numeric
+#: feature's cumulative distribution (for KS and Wasserstein). Format 1 and 2
+#: files are still read; their numeric features are scored by PSI alone.
+PROFILE_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 #: The quantiles a numeric profile records, for reading, not for scoring.
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: A categorical profile names its most frequent categories up to this many;
@@ -66,6 +65,8 @@ class FeatureProfile:
     proportions: tuple[float, ...]
     #: ``{"p01": ..., "p99": ...}`` of the training values; empty in format 1 files.
     quantiles: Mapping[str, float] = field(default_factory=dict)
+    #: The whole distribution, for KS and Wasserstein; None in format 1 and 2 files.
+    distribution: CumulativeDistribution | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.proportions) != len(self.edges) + 1:
@@ -93,6 +94,7 @@ class FeatureProfile:
                 _quantile_key(q): float(v)
                 for q, v in zip(QUANTILES, np.quantile(finite, QUANTILES), strict=True)
             },
+            distribution=CumulativeDistribution.from_values(finite, name=name),
         )
 
     def shares(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -100,12 +102,15 @@ class FeatureProfile:
         return _bin_shares(np.asarray(self.edges, dtype=np.float64), _finite(self.name, values))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "kind": NUMERIC_KIND,
             "edges": list(self.edges),
             "proportions": list(self.proportions),
             "quantiles": dict(self.quantiles),
         }
+        if self.distribution is not None:
+            data["distribution"] = self.distribution.to_json()
+        return data
 
     @classmethod
     def from_json(cls, name: str, data: Any) -> FeatureProfile:
@@ -117,6 +122,11 @@ class FeatureProfile:
                 edges=tuple(float(e) for e in data["edges"]),
                 proportions=tuple(float(p) for p in data["proportions"]),
                 quantiles={str(k): float(v) for k, v in data.get("quantiles", {}).items()},
+                distribution=(
+                    CumulativeDistribution.from_json(name, data["distribution"])
+                    if "distribution" in data
+                    else None
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(
@@ -134,6 +144,9 @@ class CategoryProfile:
     categories: tuple[str, ...]
     #: One share per category, then ``OTHER``'s (0 when every category is named).
     proportions: tuple[float, ...]
+    #: Training values the shares were counted from (missing ones left out), for
+    #: the two-sample chi-square; None in format 1 and 2 files.
+    count: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -163,21 +176,30 @@ class CategoryProfile:
             name=name,
             categories=tuple(kept),
             proportions=(*shares, sum(counts[c] for c in ranked[top_k:]) / total),
+            count=total,
         )
 
-    def shares(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """The share of ``values`` in each category (unseen ones in ``OTHER``); missing left out."""
+    def counts(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """How many ``values`` fall in each category (unseen ones in ``OTHER``); missing left out."""
         counts = _category_counts(self.name, values)
         named = [counts.pop(category, 0) for category in self.categories]
         other = sum(counts.values())  # what is left: categories the profile does not name
-        return np.asarray([*named, other], dtype=np.float64) / (sum(named) + other)
+        return np.asarray([*named, other], dtype=np.float64)
+
+    def shares(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """The share of ``values`` in each category (unseen ones in ``OTHER``); missing left out."""
+        counts = self.counts(values)
+        return counts / counts.sum()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "kind": CATEGORICAL_KIND,
             "categories": list(self.categories),
             "proportions": list(self.proportions),
         }
+        if self.count is not None:
+            data["count"] = self.count
+        return data
 
     @classmethod
     def from_json(cls, name: str, data: Any) -> CategoryProfile:
@@ -188,6 +210,7 @@ class CategoryProfile:
                 name=name,
                 categories=tuple(str(c) for c in data["categories"]),
                 proportions=tuple(float(p) for p in data["proportions"]),
+                count=int(data["count"]) if "count" in data else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(
@@ -264,7 +287,7 @@ class ReferenceProfile:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise ArtifactError(
                 f"expected a reference profile of format "
-                f"{' or '.join(map(str, READABLE_FORMATS))}, got {found!r}"
+                f"{', '.join(map(str, READABLE_FORMATS))}, got {found!r}"
             )
         features = data.get("features")
         if not isinstance(features, Mapping) or not features:
@@ -305,27 +328,6 @@ def categorical_columns(
         if column.dtype is DType.STRING or small_code:
             chosen.append(name)
     return tuple(chosen)
-
-
-def psi(reference: ColumnProfile, values: npt.ArrayLike) -> float:
-    """PSI of ``values`` against the reference bins or categories; missing values left out."""
-    actual = np.clip(reference.shares(values), EPSILON, None)
-    expected = np.clip(np.asarray(reference.proportions, dtype=np.float64), EPSILON, None)
-    score = float(np.sum((actual - expected) * np.log(actual / expected)))
-    return score if math.isfinite(score) else math.inf
-
-
-def psi_scores(profile: ReferenceProfile, columns: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """PSI of every profiled feature present in ``columns`` (others are not scored).
-
-    Each feature is scored its own way: bins for numeric ones, categories for
-    categorical ones (``psi`` follows the profile's kind).
-    """
-    return {
-        name: psi(reference, columns[name])
-        for name, reference in profile.features.items()
-        if name in columns
-    }
 
 
 def _column_from_json(name: str, data: Any) -> ColumnProfile:

@@ -141,9 +141,29 @@ class Settings(BaseModel):
         description="how long a request waits for a scaled-to-zero model server to start",
     )
     drift_window: int = Field(
-        default=200, ge=50, description="inference rows per drift window (PSI noise ~ 9/n)"
+        default=200,
+        ge=50,
+        description="inference rows per drift window: a window is scored when it holds this "
+        "many (PSI noise ~ 9/n)",
     )
-    drift_psi_threshold: float = Field(default=0.2, gt=0, description="PSI that counts as drift")
+    drift_window_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="a window is also scored once its first row is this old (checked as events "
+        "arrive), so slow traffic is judged too; 0 scores by count alone",
+    )
+    drift_min_samples: int = Field(
+        default=100,
+        ge=1,
+        description="a window closed by time with fewer rows is scored and kept, but raises no "
+        "alert: too few rows to tell drift from noise",
+    )
+    drift_thresholds: dict[str, float] = Field(
+        default_factory=lambda: _default_drift_thresholds(),
+        description="per statistic, where drift starts (NAME=VALUE[,NAME=VALUE]): psi, ks, "
+        "wasserstein, jensen_shannon above it; chi_square's p-value below it. A statistic left "
+        "out is still scored and shown, but decides nothing",
+    )
     drift_cooldown_s: float = Field(default=60.0, ge=0, description="quiet time after an alert")
     training_workers: int = Field(default=2, ge=1, description="Ray Train workers per job")
     training_use_gpu: bool | None = Field(
@@ -203,6 +223,17 @@ class Settings(BaseModel):
     def _regions_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("expected at least one allowed region, got none")
+        return value
+
+    @field_validator("drift_thresholds")
+    @classmethod
+    def _known_drift_statistics(cls, value: dict[str, float]) -> dict[str, float]:
+        known = _default_drift_thresholds()
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown drift statistics {unknown}; expected some of {', '.join(known)}"
+            )
         return value
 
     @field_validator("training_off_peak", mode="before")
@@ -369,15 +400,27 @@ def write_secrets_file(path: Path, settings: Settings, names: Iterable[str]) -> 
     return True
 
 
+def _default_drift_thresholds() -> dict[str, float]:
+    # Imported here: the statistics own their defaults, and settings load first.
+    from falaj.drift_statistics import DEFAULT_THRESHOLDS
+
+    return dict(DEFAULT_THRESHOLDS)
+
+
+#: Settings written as KEY=VALUE[,KEY=VALUE], and what their keys are.
+_PAIR_SETTINGS = {"storage_regions": "PREFIX=REGION", "drift_thresholds": "STATISTIC=VALUE"}
+
+
 def _parse_env_value(field: str, raw: str) -> Any:
     if field == "allowed_regions":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if field == "storage_regions":
+    if field in _PAIR_SETTINGS:
         pairs = [part.split("=", 1) for part in raw.split(",") if part.strip()]
         bad = [p for p in pairs if len(p) != 2]
         if bad:
+            shape = _PAIR_SETTINGS[field]
             raise ConfigError(
-                f"{ENV_PREFIX}STORAGE_REGIONS: expected PREFIX=REGION[,PREFIX=REGION], got {raw!r}"
+                f"{ENV_PREFIX}{field.upper()}: expected {shape}[,{shape}], got {raw!r}"
             )
-        return {prefix.strip(): region.strip() for prefix, region in pairs}
+        return {key.strip(): value.strip() for key, value in pairs}
     return raw

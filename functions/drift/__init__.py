@@ -1,5 +1,5 @@
-"""The drift function: PSI of production inputs against each version's reference profile."""
+"""The drift function: every drift statistic of production inputs against each version's profile."""
 
-from functions.drift.store import DriftScore, DriftStore
+from functions.drift.store import Window, WindowStore
 
-__all__ = ["DriftScore", "DriftStore"]
+__all__ = ["Window", "WindowStore"]

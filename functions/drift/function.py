@@ -1,31 +1,39 @@
 """Drift scoring: production inputs against the training-time reference profile.
 
 Each ``inference.logged`` event adds its batch to the open window of its
-(model, version). When the window holds ``drift_window`` rows, every profiled
-feature and the predictions are scored with PSI against the profile stored with
-that version at training time; the scores join the time series and the window
-starts again. A feature above ``drift_psi_threshold`` raises ``drift.detected``
-(which the training launcher turns into a new version), at most once per
-``drift_cooldown_s`` per (model, version) so one shift does not queue a pile of
-training jobs. Prediction drift is scored and reported, but only input drift
-raises the alert: a retrained model is answered by the inputs it sees.
+(model, version). A window is scored when it holds ``drift_window`` rows, or
+when its first row is ``drift_window_s`` old (checked as events arrive): every
+profiled feature, and the predictions, by every statistic that applies
+(``falaj.drift_statistics``: PSI, KS and Wasserstein for numeric features, PSI,
+chi-square and Jensen-Shannon for categorical ones), against the profile
+stored with that version at training time — never rebuilt. The scores join the
+version's time series (``falaj.drift_history``) and the window starts again.
+
+The policy (``falaj.drift_policy``: per-statistic thresholds, minimum rows,
+cool-down) decides whether the window raises ``drift.detected``, naming the
+drifted features and every statistic past its threshold; the training launcher
+turns that into a new version.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
 
+from falaj.drift_history import DriftHistory
+from falaj.drift_policy import DriftPolicy, DriftVerdict, WindowScores
+from falaj.drift_statistics import StatisticValue, score_column
 from falaj.errors import EventError, FalajError
-from falaj.events import DriftDetected, EventType, InferenceLogged, ParsedEvent
+from falaj.events import DriftDetected, DriftFindingData, EventType, InferenceLogged, ParsedEvent
 from falaj.function import CloudEventFunction
 from falaj.logs import get_logger
-from falaj.profile import PREDICTION, ReferenceProfile, psi
+from falaj.profile import PREDICTION, ReferenceProfile
 from falaj.registry import ModelRegistry
-from functions.drift.store import DriftStore, Window
+from functions.drift.store import Window, WindowStore
 
 
 class DriftFunction(CloudEventFunction):
@@ -34,41 +42,57 @@ class DriftFunction(CloudEventFunction):
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
-        # Injected so the cool-down can be tested without waiting for it.
+        # Injected so the cool-down and time windows can be tested without waiting.
         self._clock = clock
-        self._store: DriftStore | None = None
+        self._history: DriftHistory | None = None
+        self._windows: WindowStore | None = None
         self._registry: ModelRegistry | None = None
+        self._policy: DriftPolicy | None = None
         # The reference never changes for a version, so it is verified once.
         self._profiles: dict[tuple[str, int], ReferenceProfile] = {}
         self.log = get_logger(function=self.name)
 
     def on_start(self) -> None:
-        self._store = DriftStore(self.ctx)
+        self._history = DriftHistory(self.ctx.paths.drift)
+        self._windows = WindowStore(self._history)
         self._registry = ModelRegistry(self.ctx)
+        self._policy = DriftPolicy.from_settings(self.ctx.settings)
 
     @property
-    def store(self) -> DriftStore:
-        if self._store is None:
+    def windows(self) -> WindowStore:
+        if self._windows is None:
             raise FalajError(f"function {self.name} used before start()")
-        return self._store
+        return self._windows
+
+    @property
+    def policy(self) -> DriftPolicy:
+        if self._policy is None:
+            raise FalajError(f"function {self.name} used before start()")
+        return self._policy
 
     def stop(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        if self._history is not None:
+            self._history.close()
+            self._history = self._windows = None
         super().stop()
 
     def handle(self, event: ParsedEvent) -> None:
         data = event.data
         if not isinstance(data, InferenceLogged):
             raise EventError(f"{self.name} scores {EventType.INFERENCE_LOGGED} events only")
-        rows, predictions = _batch_rows(data)
+        predictions = _check_batch(data)
         # Loaded before anything is stored: an unknown or tampered version is
         # refused without growing a window nobody can ever score.
         profile = self._profile(data.model, data.version)
-        self.store.append(data.model, data.version, event.id, rows, predictions)
-        if self.store.window_size(data.model, data.version) >= self.ctx.settings.drift_window:
-            self._close_window(data.model, data.version, profile)
+        now = self._clock()
+        state = self.windows.append(
+            data.model, data.version, event.id, data.inputs, predictions, now=now
+        )
+        settings = self.ctx.settings
+        full = state.rows >= settings.drift_window
+        aged = settings.drift_window_s > 0 and now - state.opened_at >= settings.drift_window_s
+        if full or aged:
+            self._close_window(data.model, data.version, profile, now)
 
     def _profile(self, model: str, version: int) -> ReferenceProfile:
         key = (model, version)
@@ -78,66 +102,100 @@ class DriftFunction(CloudEventFunction):
             self._profiles[key] = self._registry.load_verified(model, version).profile
         return self._profiles[key]
 
-    def _close_window(self, model: str, version: int, profile: ReferenceProfile) -> None:
-        settings = self.ctx.settings
-        window = self.store.window(model, version)
-        scores = _score(profile, window)
-        threshold = settings.drift_psi_threshold
-        drifted = sorted(n for n, s in scores.items() if n != PREDICTION and s > threshold)
-        now = self._clock()
-        last = self.store.last_alert(model, version)
-        cooling = last is not None and now - last < settings.drift_cooldown_s
-        alert = bool(drifted) and not cooling
-        if alert:
+    def _close_window(
+        self, model: str, version: int, profile: ReferenceProfile, now: float
+    ) -> None:
+        window = self.windows.window(model, version)
+        scores = score_window(profile, window)
+        verdict = self.policy.verdict(
+            scores,
+            rows=window.rows,
+            now=now,
+            last_alert=self.windows.history.last_alert(model, version),
+        )
+        if verdict.alert:
             # Emitted before the window is closed: if the broker is down the
             # event is redelivered and the same window (deduplicated) is scored again.
             self.emit(
                 EventType.DRIFT_DETECTED,
-                DriftDetected(
-                    model=model,
-                    version=version,
-                    window_size=window.rows,
-                    statistic="psi",
-                    threshold=threshold,
-                    scores=scores,
-                    drifted_features=drifted,
-                ),
+                drift_detected(model, version, window.rows, scores, verdict, self.policy),
                 subject=f"{model}/{version}",
             )
-        self.store.close_window(
+        self.windows.close_window(
             model,
             version,
             window_end=datetime.fromtimestamp(now, UTC).isoformat(),
+            rows=window.rows,
             scores=scores,
-            window_rows=window.rows,
-            alerted_at=now if alert else None,
+            verdict=verdict,
+            alerted_at=now if verdict.alert else None,
         )
         self.log.info(
             "drift.window_scored",
             model=model,
             version=version,
             rows=window.rows,
-            drifted=drifted,
-            alerted=alert,
-            cooling=bool(drifted) and cooling,
+            drifted=verdict.drifted_features,
+            alerted=verdict.alert,
+            held_back=verdict.held_back or None,
         )
-        if alert:
+        if verdict.alert:
             self.ctx.audit.record(
                 "drift.detected",
                 actor=self.ctx.actor,
                 resource=f"model/{model}/{version}",
-                region=settings.region,
+                region=self.ctx.settings.region,
                 details={
-                    "statistic": "psi",
-                    "threshold": threshold,
-                    "drifted_features": drifted,
+                    "drifted_features": verdict.drifted_features,
+                    "findings": [f.to_json() for f in verdict.findings],
                     "window_rows": window.rows,
                 },
             )
 
 
-def _batch_rows(data: InferenceLogged) -> tuple[list[dict[str, float]], list[float | None]]:
-    """Split a logged batch into rows; every input column must have the same length."""
+def score_window(profile: ReferenceProfile, window: Window) -> WindowScores:
+    """Every statistic of every profiled feature the window carries, and of the predictions."""
+    scores: dict[str, dict[str, StatisticValue]] = {}
+    for name, reference in profile.features.items():
+        column = window.columns.get(name)
+        # A feature the window never carried (or only as NaN) has no distribution.
+        if column is not None and np.isfinite(column).any():
+            scores[name] = score_column(reference, column)
+    if profile.prediction is not None and window.predictions.size:
+        scores[PREDICTION] = score_column(profile.prediction, window.predictions)
+    return scores
+
+
+def drift_detected(
+    model: str,
+    version: int,
+    rows: int,
+    scores: WindowScores,
+    verdict: DriftVerdict,
+    policy: DriftPolicy,
+) -> DriftDetected:
+    return DriftDetected(
+        model=model,
+        version=version,
+        window_size=rows,
+        scores={f: v["psi"].value for f, v in scores.items() if "psi" in v},
+        drifted_features=verdict.drifted_features,
+        findings=[
+            DriftFindingData(
+                feature=f.feature,
+                statistic=f.statistic,
+                value=f.value if math.isfinite(f.value) else None,
+                threshold=f.threshold,
+                p_value=f.p_value,
+            )
+            for f in verdict.findings
+        ],
+        threshold=policy.thresholds.get("psi"),
+    )
+
+
+def _check_batch(data: InferenceLogged) -> list[float | None]:
+    """The batch's predictions, one per row; every input column must have the same length."""
     lengths = {name: len(values) for name, values in data.inputs.items()}
     if not lengths or len(set(lengths.values())) != 1 or 0 in lengths.values():
         raise EventError(
@@ -146,22 +204,6 @@ def _batch_rows(data: InferenceLogged) -> tuple[list[dict[str, float]], list[flo
             problems=[f"data.inputs: column lengths {lengths}"],
         )
     count = next(iter(lengths.values()))
-    rows = [{name: values[i] for name, values in data.inputs.items()} for i in range(count)]
     # One output per row is a prediction to profile; anything else (say, class
     # probabilities) has no single value per row, so the inputs alone are kept.
-    predictions: list[float | None] = (
-        list(data.outputs) if len(data.outputs) == count else [None] * count
-    )
-    return rows, predictions
-
-
-def _score(profile: ReferenceProfile, window: Window) -> dict[str, float]:
-    scores: dict[str, float] = {}
-    for name, reference in profile.features.items():
-        column = window.columns.get(name)
-        # A feature the window never carried (or only as NaN) has no distribution.
-        if column is not None and np.isfinite(column).any():
-            scores[name] = psi(reference, column)
-    if profile.prediction is not None and np.isfinite(window.predictions).any():
-        scores[PREDICTION] = psi(profile.prediction, window.predictions)
-    return scores
+    return list(data.outputs) if len(data.outputs) == count else [None] * count

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from falaj.drift_statistics import psi, psi_scores
 from falaj.errors import ArtifactError, SchemaError
 from falaj.feature_repo import load_repo
 from falaj.profile import (
@@ -17,8 +18,6 @@ from falaj.profile import (
     FeatureProfile,
     ReferenceProfile,
     categorical_columns,
-    psi,
-    psi_scores,
 )
 from falaj.schema import ColumnSpec, DType, FeatureSchema
 from falaj.settings import Settings
@@ -104,7 +103,7 @@ def test_from_columns_refuses_bad_columns(rng: np.random.Generator) -> None:
 
 
 def test_from_json_refuses_malformed_profiles() -> None:
-    with pytest.raises(ArtifactError, match="format 1 or 2, got None"):
+    with pytest.raises(ArtifactError, match="format 1, 2, 3, got None"):
         ReferenceProfile.from_json({"features": {}})
     with pytest.raises(ArtifactError, match="proportions"):
         ReferenceProfile.from_json(
@@ -219,11 +218,18 @@ def test_profiles_with_categories_and_quantiles_roundtrip_through_json(
     columns = {"amount": rng.lognormal(size=300), "country": rng.choice(["AE", "SA"], 300)}
     profile = ReferenceProfile.from_columns(columns, predictions=rng.random(300))
     stored = json.loads(json.dumps(profile.to_json(), allow_nan=False))
-    assert stored["format"] == 2
+    assert stored["format"] == 3
     assert stored["features"]["country"]["kind"] == "categorical"
     assert stored["features"]["amount"]["quantiles"]["p50"] > 0
     restored = ReferenceProfile.from_json(stored)
     assert restored == profile
+    amount, restored_amount = profile.features["amount"], restored.features["amount"]
+    assert isinstance(amount, FeatureProfile) and isinstance(restored_amount, FeatureProfile)
+    assert amount.distribution is not None and restored_amount.distribution is not None
+    np.testing.assert_array_equal(restored_amount.distribution.knots, amount.distribution.knots)
+    np.testing.assert_array_equal(
+        restored_amount.distribution.cumulative, amount.distribution.cumulative
+    )
     assert isinstance(restored.features["country"], CategoryProfile)
 
 
@@ -238,6 +244,7 @@ def test_a_format_1_profile_as_older_registries_hold_it_still_loads() -> None:
     amount = profile.features["amount"]
     assert isinstance(amount, FeatureProfile)
     assert amount.quantiles == {}
+    assert amount.distribution is None
     assert psi_scores(profile, {"amount": np.array([-1.0, 1.0])}) == {"amount": 0.0}
 
 

@@ -1,7 +1,8 @@
-"""The drift function: windows per version, PSI against the stored profile, alert cool-down."""
+"""The drift function: windows, every statistic against the stored profile, the policy."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import queue
@@ -19,6 +20,7 @@ from onnx import TensorProto, helper
 
 from falaj.auth import Role
 from falaj.context import Context
+from falaj.drift_history import DriftHistory
 from falaj.errors import EventError, RegistryError, SignatureInvalid
 from falaj.events import (
     DriftDetected,
@@ -33,8 +35,8 @@ from falaj.profile import PREDICTION, ReferenceProfile
 from falaj.registry import ModelRegistry
 from falaj.runtime.processes import free_port
 from falaj.settings import Settings
-from functions.drift import DriftStore
 from functions.drift.function import DriftFunction
+from functions.drift.store import WindowStore
 from tests.support.functions import start_function
 
 WINDOW = 400
@@ -136,6 +138,14 @@ def feed(function: DriftFunction, ctx: Context, rng: np.random.Generator, *, shi
         function.handle(logged(ctx, columns))
 
 
+def window_rows(ctx: Context, version: int = 1) -> int:
+    return WindowStore(DriftHistory(ctx.paths.drift)).state("fraud", version).rows
+
+
+def history(ctx: Context) -> DriftHistory:
+    return DriftHistory(ctx.paths.drift)
+
+
 def drift_audits(ctx: Context) -> list[dict[str, object]]:
     return [e for e in ctx.audit.entries() if e["action"] == "drift.detected"]
 
@@ -144,20 +154,22 @@ def test_window_fills_then_scores_without_alert_when_stable(
     drift: CapturingDrift, ctx: Context
 ) -> None:
     rng = np.random.default_rng(1)
-    store = DriftStore(ctx)
     for filled in range(1, WINDOW // BATCH):
         drift.handle(logged(ctx, training_columns(rng, BATCH)))
-        assert store.window_size("fraud", 1) == filled * BATCH
-        assert store.scores("fraud") == []
+        assert window_rows(ctx) == filled * BATCH
+        assert history(ctx).windows("fraud") == []
     drift.handle(logged(ctx, training_columns(rng, BATCH)))
 
-    scores = store.scores("fraud")
-    assert {s.feature for s in scores} == {"amount", "hour", PREDICTION}
-    assert all(s.window_rows == WINDOW and s.version == 1 for s in scores)
-    assert store.window_size("fraud", 1) == 0
-    assert all(
-        s.score < ctx.settings.drift_psi_threshold for s in scores if s.feature != PREDICTION
-    )
+    [window] = history(ctx).windows("fraud")
+    assert (window.version, window.rows, window.alerted) == (1, WINDOW, False)
+    assert set(window.scores) == {"amount", "hour", PREDICTION}
+    for feature in ("amount", "hour", PREDICTION):
+        assert set(window.scores[feature]) == {"psi", "ks", "wasserstein"}
+    ks_value, ks_p_value, ks_drifted = window.scores["amount"]["ks"]
+    assert 0 < ks_value < 0.1 and ks_p_value is not None and ks_p_value > 0.01
+    assert not ks_drifted
+    assert window.drifted_features() == []
+    assert window_rows(ctx) == 0
     assert drift.emitted == []
     assert drift_audits(ctx) == []
 
@@ -171,18 +183,24 @@ def test_drift_is_announced_once_per_cooldown(
     event_type, data = drift.emitted[0]
     assert event_type == EventType.DRIFT_DETECTED
     assert isinstance(data, DriftDetected)
-    assert data.statistic == "psi"
-    assert data.threshold == ctx.settings.drift_psi_threshold
     assert data.drifted_features == ["amount"]
+    assert data.threshold == ctx.settings.drift_thresholds["psi"]
     assert data.scores["amount"] > data.threshold
+    assert {(f.feature, f.statistic) for f in data.findings} == {
+        ("amount", "psi"),
+        ("amount", "ks"),
+        ("amount", "wasserstein"),
+    }
     assert data.window_size == WINDOW
     assert (data.model, data.version) == ("fraud", 1)
 
     clock.now += 30.0  # inside the cool-down: scored, stored, not announced again
     feed(drift, ctx, rng, shift=40.0)
     assert len(drift.emitted) == 1
-    windows = {s.window_end for s in DriftStore(ctx).scores("fraud")}
-    assert len(windows) == 2
+    first, second = history(ctx).windows("fraud")
+    assert first.alerted and not second.alerted
+    assert second.held_back.startswith("cooling down")
+    assert second.drifted_features() == ["amount"]
 
     clock.now += 31.0  # past the cool-down
     feed(drift, ctx, rng, shift=40.0)
@@ -204,11 +222,11 @@ def test_window_and_cooldown_survive_a_restart(ctx: Context, registered: int, cl
 
     second = CapturingDrift(clock)
     second.start(ctx)
-    assert DriftStore(ctx).window_size("fraud", 1) == BATCH
+    assert window_rows(ctx) == BATCH
     clock.now += 1.0
     feed(second, ctx, rng, shift=40.0)  # closes the window the first instance began
     second.stop()
-    assert len(DriftStore(ctx).scores("fraud")) == 6
+    assert [w.rows for w in history(ctx).windows("fraud")] == [WINDOW, WINDOW]
     assert second.emitted == []  # the cool-down outlived the restart
 
 
@@ -216,7 +234,7 @@ def test_a_redelivered_event_is_counted_once(drift: CapturingDrift, ctx: Context
     event = logged(ctx, training_columns(np.random.default_rng(4), BATCH))
     drift.handle(event)
     drift.handle(event)
-    assert DriftStore(ctx).window_size("fraud", 1) == BATCH
+    assert window_rows(ctx) == BATCH
 
 
 def test_profile_is_verified_once_and_reused(drift: CapturingDrift, ctx: Context) -> None:
@@ -227,13 +245,13 @@ def test_profile_is_verified_once_and_reused(drift: CapturingDrift, ctx: Context
     metadata = ctx.paths.registry / "fraud" / "1" / "metadata.json"
     metadata.write_text(metadata.read_text().replace('"auc": 0.9', '"auc": 0.99'))
     drift.handle(logged(ctx, training_columns(rng, BATCH)))
-    assert DriftStore(ctx).window_size("fraud", 1) == 2 * BATCH
+    assert window_rows(ctx) == 2 * BATCH
     fresh = CapturingDrift(Clock())
     fresh.start(ctx)
     with pytest.raises(SignatureInvalid, match="signature check"):
         fresh.handle(logged(ctx, training_columns(rng, BATCH)))
     fresh.stop()
-    assert DriftStore(ctx).window_size("fraud", 1) == 2 * BATCH
+    assert window_rows(ctx) == 2 * BATCH
 
 
 def test_unknown_version_is_refused_before_anything_is_stored(
@@ -241,13 +259,119 @@ def test_unknown_version_is_refused_before_anything_is_stored(
 ) -> None:
     with pytest.raises(RegistryError, match="known versions: 1"):
         drift.handle(logged(ctx, training_columns(np.random.default_rng(6), BATCH), version=9))
-    assert DriftStore(ctx).window_size("fraud", 9) == 0
+    assert window_rows(ctx, version=9) == 0
 
 
 def test_ragged_batch_is_refused(drift: CapturingDrift, ctx: Context) -> None:
     with pytest.raises(EventError, match="equal-length"):
         drift.handle(logged(ctx, {"amount": np.ones(3), "hour": np.ones(2)}))
-    assert DriftStore(ctx).window_size("fraud", 1) == 0
+    assert window_rows(ctx) == 0
+
+
+def test_a_shift_on_one_feature_is_named_within_two_windows(
+    drift: CapturingDrift, ctx: Context
+) -> None:
+    rng = np.random.default_rng(11)
+    feed(drift, ctx, rng, shift=0.0)
+    # A moderate shift (half a standard deviation) of the amount alone.
+    for _ in range(2):
+        feed(drift, ctx, rng, shift=5.0)
+        if drift.emitted:
+            break
+    [(_, data)] = drift.emitted
+    assert isinstance(data, DriftDetected)
+    assert data.drifted_features == ["amount"]
+    windows = history(ctx).windows("fraud")
+    assert windows[0].drifted_features() == []
+    assert "hour" not in data.drifted_features
+
+
+def test_ten_windows_of_unshifted_traffic_raise_nothing(
+    drift: CapturingDrift, ctx: Context
+) -> None:
+    rng = np.random.default_rng(12)
+    for _ in range(10):
+        feed(drift, ctx, rng, shift=0.0)
+    windows = history(ctx).windows("fraud")
+    assert len(windows) == 10
+    assert [w.drifted_features() for w in windows] == [[]] * 10
+    assert drift.emitted == []
+    assert drift_audits(ctx) == []
+
+
+def test_a_window_closes_by_age_and_too_few_rows_never_alert(
+    ctx: Context, registered: int, clock: Clock
+) -> None:
+    timed = ctx.settings.model_copy(update={"drift_window_s": 60.0, "drift_min_samples": 150})
+    ctx = dataclasses.replace(ctx, settings=timed)
+    function = CapturingDrift(clock)
+    function.start(ctx)
+    try:
+        rng = np.random.default_rng(13)
+        shifted = training_columns(rng, BATCH)
+        shifted["amount"] = shifted["amount"] + 40.0
+        function.handle(logged(ctx, shifted))
+        assert history(ctx).windows("fraud") == []
+        clock.now += 61.0  # the window's first row is now older than drift_window_s
+        function.handle(logged(ctx, {"amount": np.full(10, 140.0), "hour": np.full(10, 12.0)}))
+        [window] = history(ctx).windows("fraud")
+        assert window.rows == BATCH + 10
+        assert window.drifted_features() == ["amount"]
+        assert not window.alerted
+        assert window.held_back == f"{BATCH + 10} rows < minimum 150"
+        assert function.emitted == []
+    finally:
+        function.stop()
+
+
+def test_categorical_features_are_scored_by_chi_square_and_jensen_shannon(
+    ctx: Context, clock: Clock
+) -> None:
+    rng = np.random.default_rng(14)
+    profile = ReferenceProfile.from_columns(
+        {"amount": rng.normal(100.0, 10.0, 2000), "hour": rng.integers(0, 24, 2000)},
+        categorical=["hour"],
+    )
+    ModelRegistry(ctx).register(
+        "fraud",
+        onnx_bytes=tiny_onnx(),
+        profile=profile,
+        metrics={"auc": 0.9},
+        lineage={"training_job_id": "job-2"},
+        feature_names=("amount", "hour"),
+    )
+    function = CapturingDrift(clock)
+    function.start(ctx)
+    try:
+        for _ in range(WINDOW // BATCH):
+            # Night hours only: a categorical shift the amount does not share.
+            columns = {"amount": rng.normal(100.0, 10.0, BATCH), "hour": rng.integers(0, 6, BATCH)}
+            function.handle(logged(ctx, columns))
+    finally:
+        function.stop()
+    [window] = history(ctx).windows("fraud")
+    assert set(window.scores["hour"]) == {"psi", "chi_square", "jensen_shannon"}
+    assert window.drifted_features() == ["hour"]
+    [(_, data)] = function.emitted
+    assert isinstance(data, DriftDetected)
+    assert {f.statistic for f in data.findings} == {"psi", "chi_square", "jensen_shannon"}
+
+
+def test_a_first_format_history_is_carried_over(ctx: Context) -> None:
+    import sqlite3
+
+    ctx.paths.drift.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(ctx.paths.drift / "drift.db") as old:
+        old.execute(
+            "CREATE TABLE scores (model TEXT, version INTEGER, window_end TEXT, feature TEXT, "
+            "score REAL, window_rows INTEGER)"
+        )
+        old.execute(
+            "INSERT INTO scores VALUES ('fraud', 1, '2026-01-01T00:00:00', 'amount', 0.3, 200)"
+        )
+    [window] = history(ctx).windows("fraud")
+    assert window.rows == 200
+    assert window.scores == {"amount": {"psi": (0.3, None, False)}}
 
 
 @dataclass

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from falaj.demo.data import BAD_ROW_KINDS, generate_transactions, inference_rows
-from falaj.profile import ReferenceProfile, psi_scores
+from falaj.drift_statistics import psi_scores
+from falaj.profile import ReferenceProfile
 from falaj.schema import FeatureSchema, load_schema
 from falaj.settings import Settings
 from falaj.validation import validate_frame
