@@ -20,7 +20,7 @@ keyed by their integer value (``"0"``, ``"1"``), so a flag trained as float32
 and sent back as a JSON number lands in the same category.
 
 A numeric feature also keeps its cumulative distribution (``distribution``),
-for the Kolmogorov–Smirnov and Wasserstein statistics (``drift_statistics``).
+for the Kolmogorov-Smirnov and Wasserstein statistics (``drift_statistics``).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class CategoryProfile:
         )
 
     def counts(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """How many ``values`` fall in each category (unseen ones in ``OTHER``); missing left out."""
+        """How many ``values`` fall in each category (unseen ones in ``OTHER``), missing left out."""
         counts = _category_counts(self.name, values)
         named = [counts.pop(category, 0) for category in self.categories]
         other = sum(counts.values())  # what is left: categories the profile does not name

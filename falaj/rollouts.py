@@ -28,6 +28,7 @@ from falaj.errors import FalajError, RolloutRefused
 from falaj.events import ModelDeployed
 from falaj.registry import ModelRegistry
 from falaj.residency import Boundary
+from falaj.settings import Settings
 
 
 class RolloutAction(StrEnum):
@@ -266,30 +267,113 @@ class VariantEvidence:
     requests: int
     server_errors: int
     latency_p99_ms: float | None
+    #: Predictions whose real outcome came back (``/outcomes``), and how many were right.
+    outcomes: int = 0
+    correct: int = 0
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    """What to do with a canary now: promote it, roll it back, or (None) keep watching."""
+
+    action: RolloutAction | None
+    reason: str = ""
+
+
+KEEP_WATCHING = CanaryVerdict(None)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RollbackPolicy:
-    """When a canary is worse enough than the stable version to take it out.
+class CanaryPolicy:
+    """When a canary has shown enough to be promoted, or is worse enough to be taken out.
 
     Both variants need ``min_requests`` first: a p99 or an error rate over a
     handful of requests is noise, and a rollback on noise throws away a good
-    version. The error rate must exceed the stable's by ``error_rate_margin``
-    (absolute) *and* the difference must be significant (two-proportion
-    z-test), so one unlucky 5xx in a small sample does not count. The p99 must
-    exceed the stable's by ``p99_margin_ms``: an absolute margin, because a
-    ratio of two small p99s (2 ms against 4 ms) is mostly a shared machine's
-    noise and not worth a rollback.
+    version. Then the canary is rolled back when any of these holds:
+
+    - its error rate exceeds the stable's by ``error_rate_margin`` (absolute)
+      *and* the difference is significant (two-proportion z-test), so one
+      unlucky 5xx in a small sample does not count;
+    - its p99 exceeds the stable's by ``p99_margin_ms``: an absolute margin,
+      because a ratio of two small p99s (2 ms against 4 ms) is mostly a shared
+      machine's noise;
+    - with ``min_outcomes`` outcomes each, its accuracy is below the stable's
+      by more than ``accuracy_margin``, significantly (z-test): a retrained
+      model that answers fast and without errors can still be wrong.
+
+    Otherwise, with ``promote`` on, it is promoted once it is *no worse*: the
+    request minimum reached and, unless ``min_outcomes`` is 0 (a model whose
+    outcomes never come back), the outcome minimum too. A canary is judged
+    on the evidence it has; it is never promoted for lack of it.
     """
 
     min_requests: int
     error_rate_margin: float
     p99_margin_ms: float
+    min_outcomes: int = 0
+    accuracy_margin: float = 0.02
+    promote: bool = False
 
-    def verdict(self, stable: VariantEvidence, canary: VariantEvidence) -> str | None:
-        """Why the canary should be rolled back, or None while it may stay."""
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CanaryPolicy:
+        return cls(
+            min_requests=settings.rollback_min_requests,
+            error_rate_margin=settings.rollback_error_rate_margin,
+            p99_margin_ms=settings.rollback_p99_margin_ms,
+            min_outcomes=settings.canary_min_outcomes,
+            accuracy_margin=settings.canary_accuracy_margin,
+            promote=settings.canary_auto_promote,
+        )
+
+    def verdict(self, stable: VariantEvidence, canary: VariantEvidence) -> CanaryVerdict:
         if min(stable.requests, canary.requests) < self.min_requests:
-            return None
+            return KEEP_WATCHING
+        worse = self._worse(stable, canary)
+        if worse is not None:
+            return CanaryVerdict(RolloutAction.ROLLBACK, worse)
+        judged_outcomes = min(stable.outcomes, canary.outcomes) >= self.min_outcomes
+        if not self.promote or not judged_outcomes:
+            return KEEP_WATCHING
+        evidence = f"{canary.requests} requests, error rate and p99 within their margins"
+        if self.min_outcomes:
+            evidence += (
+                f"; accuracy {canary.correct / canary.outcomes:.1%} over {canary.outcomes} "
+                f"outcomes against the stable's {stable.correct / stable.outcomes:.1%}"
+            )
+        return CanaryVerdict(RolloutAction.PROMOTE, f"no worse than the stable: {evidence}")
+
+    def _worse(self, stable: VariantEvidence, canary: VariantEvidence) -> str | None:
+        """Why the canary is worse than the stable, or None."""
+        errors = compare_rates(
+            stable.server_errors, stable.requests, canary.server_errors, canary.requests
+        )
+        if errors.difference > self.error_rate_margin and errors.significant():
+            return (
+                f"canary error rate {errors.b:.1%} over {canary.requests} requests exceeds "
+                f"the stable's {errors.a:.1%} by more than {self.error_rate_margin:.1%} "
+                f"(p={errors.p_value:.2g})"
+            )
+        p99_stable, p99_canary = stable.latency_p99_ms, canary.latency_p99_ms
+        if (
+            p99_stable is not None
+            and p99_canary is not None
+            and p99_canary > p99_stable + self.p99_margin_ms
+        ):
+            return (
+                f"canary p99 latency {p99_canary:.1f} ms exceeds the stable's "
+                f"{p99_stable:.1f} ms by more than {self.p99_margin_ms:g} ms"
+            )
+        if self.min_outcomes and min(stable.outcomes, canary.outcomes) >= self.min_outcomes:
+            accuracy = compare_rates(
+                stable.correct, stable.outcomes, canary.correct, canary.outcomes
+            )
+            if -accuracy.difference > self.accuracy_margin and accuracy.significant():
+                return (
+                    f"canary accuracy {accuracy.b:.1%} over {canary.outcomes} outcomes is below "
+                    f"the stable's {accuracy.a:.1%} by more than {self.accuracy_margin:.1%} "
+                    f"(p={accuracy.p_value:.2g})"
+                )
+        return None
         errors = compare_rates(
             stable.server_errors, stable.requests, canary.server_errors, canary.requests
         )

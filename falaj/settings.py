@@ -119,6 +119,26 @@ class Settings(BaseModel):
         description="how far (ms) the canary's p99 latency may exceed the stable's before it "
         "is rolled back",
     )
+    canary_auto_promote: bool = Field(
+        default=True,
+        description="whether the router promotes a canary by itself once it is no worse than "
+        "the stable version over rollback_min_requests requests and canary_min_outcomes "
+        "outcomes (needs rollback_auto)",
+    )
+    canary_min_outcomes: int = Field(
+        default=100,
+        ge=0,
+        description="outcomes (POST .../outcomes) each variant needs before the canary's "
+        "accuracy is judged and it can be promoted; 0 promotes on errors and latency alone, "
+        "for models whose outcomes never come back",
+    )
+    canary_accuracy_margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="how far (absolute) the canary's accuracy may fall below the stable's; "
+        "beyond it, and significant by a two-proportion z-test, the canary is rolled back",
+    )
     serving_idle_s: float = Field(
         default=300.0,
         ge=0,

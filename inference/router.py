@@ -56,7 +56,8 @@ from falaj.logs import configure_logging, get_logger
 from falaj.publisher import EventPublisher
 from falaj.registry import ModelRegistry
 from falaj.rollouts import (
-    RollbackPolicy,
+    CanaryPolicy,
+    CanaryVerdict,
     RolloutAction,
     Rollouts,
     RolloutStep,
@@ -146,12 +147,7 @@ class Router:
         self._shadows: set[asyncio.Task[None]] = set()
         # One activation per scaled-to-zero version, awaited by every request that needs it.
         self._activations: dict[tuple[str, int], asyncio.Task[None]] = {}
-        settings = self.ctx.settings
-        self.rollback_policy = RollbackPolicy(
-            min_requests=settings.rollback_min_requests,
-            error_rate_margin=settings.rollback_error_rate_margin,
-            p99_margin_ms=settings.rollback_p99_margin_ms,
-        )
+        self.canary_policy = CanaryPolicy.from_settings(self.ctx.settings)
 
     def features(self, model: str, version: int) -> tuple[str, ...]:
         # A version's metadata never changes once registered.
@@ -402,7 +398,7 @@ class Router:
             seconds=round(time.perf_counter() - started, 3),
         )
 
-    # -- automatic rollback ------------------------------------------------------------
+    # -- automatic promotion and rollback ------------------------------------------------
 
     async def guard_canaries(self) -> None:
         """Judge every canary against its stable version, every ``GUARD_INTERVAL_S``."""
@@ -413,30 +409,37 @@ class Router:
                 evidence = None if split is None else self.serving_metrics.evidence(split)
                 if split is None or evidence is None:
                     continue
-                verdict = self.rollback_policy.verdict(*evidence)
-                if verdict is None:
+                verdict = self.canary_policy.verdict(*evidence)
+                if verdict.action is None:
                     continue
                 try:
-                    await asyncio.to_thread(self.roll_back, split, verdict)
-                except Exception as exc:  # the guard must outlive one failed rollback
+                    await asyncio.to_thread(self.conclude, split, verdict)
+                except Exception as exc:  # the guard must outlive one failed step
                     self.log.error(
-                        "rollback.failed", model=model, error=f"{type(exc).__name__}: {exc}"
+                        "canary.conclude.failed",
+                        model=model,
+                        action=str(verdict.action),
+                        error=f"{type(exc).__name__}: {exc}",
                     )
 
-    def roll_back(self, split: TrafficSplit, reason: str) -> None:
-        """Take ``split``'s canary out (audited), and announce it with ``model.deployed``."""
+    def conclude(self, split: TrafficSplit, verdict: CanaryVerdict) -> None:
+        """Promote or roll back ``split``'s canary (audited), and announce it."""
+        assert verdict.action in (RolloutAction.PROMOTE, RolloutAction.ROLLBACK)
         step = RolloutStep(
             model=split.model,
-            action=RolloutAction.ROLLBACK,
+            action=verdict.action,
             version=split.canary_version,
-            reason=f"automatic: {reason}",
+            reason=f"automatic: {verdict.reason}",
             requested_by=SOURCE,
         )
         result = self.rollouts.apply(step, actor=self.ctx.actor)
         if not result.changed:
             return  # another router replica was first
         self.log.warning(
-            "canary.rolled-back", model=split.model, version=split.canary_version, reason=reason
+            "canary.promoted" if verdict.action is RolloutAction.PROMOTE else "canary.rolled-back",
+            model=split.model,
+            version=split.canary_version,
+            reason=verdict.reason,
         )
         try:
             self.publisher.publish(
@@ -449,8 +452,8 @@ class Router:
                 )
             )
         except FalajError as exc:
-            # The rollback stands (stored and audited); only the announcement is lost.
-            self.log.error("rollback.announce.failed", model=split.model, error=str(exc))
+            # The step stands (stored and audited); only the announcement is lost.
+            self.log.error("canary.announce.failed", model=split.model, error=str(exc))
 
     # -- outcome feedback --------------------------------------------------------------
 

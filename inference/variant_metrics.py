@@ -160,7 +160,13 @@ class ServingMetrics:
         # takes it too); the percentiles after it.
         with self._lock:
             counted = [
-                (found.requests, found.server_errors, np.asarray(found.latencies_ms))
+                (
+                    found.requests,
+                    found.server_errors,
+                    np.asarray(found.latencies_ms),
+                    found.outcomes,
+                    found.correct,
+                )
                 for found in (
                     self._variants.get((split.model, version, variant), VariantMetrics())
                     for version, variant in (
@@ -170,8 +176,10 @@ class ServingMetrics:
                 )
             ]
         stable, canary = (
-            VariantEvidence(n, errors, float(np.percentile(ms, 99)) if ms.size else None)
-            for n, errors, ms in counted
+            VariantEvidence(
+                n, errors, float(np.percentile(ms, 99)) if ms.size else None, outcomes, correct
+            )
+            for n, errors, ms, outcomes, correct in counted
         )
         return stable, canary
 

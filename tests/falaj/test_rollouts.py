@@ -7,7 +7,9 @@ import pytest
 from falaj.deployments import TrafficSplit
 from falaj.errors import RolloutRefused
 from falaj.rollouts import (
-    RollbackPolicy,
+    KEEP_WATCHING,
+    CanaryPolicy,
+    CanaryVerdict,
     RolloutAction,
     RolloutStep,
     VariantEvidence,
@@ -84,34 +86,78 @@ def test_shadow_on_and_off_and_a_shadow_made_canary_stops_shadowing() -> None:
     assert after(shadowed, step(A.CANARY, 2, 10)) == TrafficSplit("fraud", 1, 2, 10)
 
 
-POLICY = RollbackPolicy(min_requests=200, error_rate_margin=0.02, p99_margin_ms=50.0)
+POLICY = CanaryPolicy(min_requests=200, error_rate_margin=0.02, p99_margin_ms=50.0)
+JUDGE = CanaryPolicy(
+    min_requests=200,
+    error_rate_margin=0.02,
+    p99_margin_ms=50.0,
+    min_outcomes=100,
+    accuracy_margin=0.02,
+    promote=True,
+)
+
+
+def rollback_reason(verdict: CanaryVerdict) -> str:
+    assert verdict.action is A.ROLLBACK, verdict
+    return verdict.reason
 
 
 def test_no_verdict_before_the_minimum_sample() -> None:
     stable = VariantEvidence(requests=1800, server_errors=0, latency_p99_ms=2.0)
     broken = VariantEvidence(requests=199, server_errors=199, latency_p99_ms=2.0)
-    assert POLICY.verdict(stable, broken) is None
+    assert POLICY.verdict(stable, broken) == KEEP_WATCHING
 
 
 def test_a_canary_with_significantly_more_errors_is_rolled_back() -> None:
     stable = VariantEvidence(requests=1800, server_errors=2, latency_p99_ms=2.0)
     canary = VariantEvidence(requests=200, server_errors=20, latency_p99_ms=2.0)
-    verdict = POLICY.verdict(stable, canary)
-    assert verdict is not None and "error rate 10.0%" in verdict and "0.1%" in verdict
+    reason = rollback_reason(POLICY.verdict(stable, canary))
+    assert "error rate 10.0%" in reason and "0.1%" in reason
 
 
 def test_errors_within_the_margin_or_not_significant_keep_the_canary() -> None:
     stable = VariantEvidence(requests=1800, server_errors=18, latency_p99_ms=2.0)
     # 2.5% vs 1%: beyond the 2-point margin? No (1.5 points).
     within = VariantEvidence(requests=200, server_errors=5, latency_p99_ms=2.0)
-    assert POLICY.verdict(stable, within) is None
+    assert POLICY.verdict(stable, within) == KEEP_WATCHING
     # 3.5% vs 1% over 200 requests: beyond the margin and significant -> out.
     beyond = VariantEvidence(requests=200, server_errors=7, latency_p99_ms=2.0)
-    assert POLICY.verdict(stable, beyond) is not None
+    assert POLICY.verdict(stable, beyond).action is A.ROLLBACK
 
 
 def test_a_canary_slower_at_p99_by_more_than_the_margin_is_rolled_back() -> None:
     stable = VariantEvidence(requests=500, server_errors=0, latency_p99_ms=2.0)
-    assert POLICY.verdict(stable, VariantEvidence(500, 0, 51.9)) is None
-    verdict = POLICY.verdict(stable, VariantEvidence(500, 0, 52.1))
-    assert verdict is not None and "p99 latency 52.1 ms" in verdict
+    assert POLICY.verdict(stable, VariantEvidence(500, 0, 51.9)) == KEEP_WATCHING
+    assert "p99 latency 52.1 ms" in rollback_reason(
+        POLICY.verdict(stable, VariantEvidence(500, 0, 52.1))
+    )
+
+
+def test_a_canary_no_worse_over_the_minimum_outcomes_is_promoted() -> None:
+    stable = VariantEvidence(1800, 0, 2.0, outcomes=900, correct=720)  # 80%
+    few = VariantEvidence(200, 0, 2.0, outcomes=99, correct=99)
+    assert JUDGE.verdict(stable, few) == KEEP_WATCHING  # outcomes still to come
+    better = VariantEvidence(200, 0, 2.0, outcomes=100, correct=90)
+    verdict = JUDGE.verdict(stable, better)
+    assert verdict.action is A.PROMOTE
+    assert "accuracy 90.0% over 100 outcomes against the stable's 80.0%" in verdict.reason
+    # Slightly worse, within noise: no worse as far as the evidence goes.
+    assert JUDGE.verdict(stable, VariantEvidence(200, 0, 2.0, 100, 77)).action is A.PROMOTE
+
+
+def test_a_canary_significantly_less_accurate_is_rolled_back_not_promoted() -> None:
+    stable = VariantEvidence(1800, 0, 2.0, outcomes=900, correct=720)  # 80%
+    worse = VariantEvidence(200, 0, 2.0, outcomes=100, correct=55)  # 55%
+    reason = rollback_reason(JUDGE.verdict(stable, worse))
+    assert "canary accuracy 55.0% over 100 outcomes is below the stable's 80.0%" in reason
+
+
+def test_without_promotion_or_outcomes_the_canary_waits_for_a_person() -> None:
+    stable = VariantEvidence(1800, 0, 2.0)
+    canary = VariantEvidence(200, 0, 2.0)
+    assert POLICY.verdict(stable, canary) == KEEP_WATCHING  # promote off
+    assert JUDGE.verdict(stable, canary) == KEEP_WATCHING  # no outcomes yet
+    no_labels = CanaryPolicy(
+        min_requests=200, error_rate_margin=0.02, p99_margin_ms=50.0, promote=True
+    )
+    assert no_labels.verdict(stable, canary).action is A.PROMOTE

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -384,7 +385,8 @@ def test_a_ten_percent_canary_gets_ten_percent_and_outcomes_count_per_variant(
     assert register(ctx, WEIGHTS_V2) == 2
     with DeploymentStore(ctx) as store:
         store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=10))
-    running = start_router()
+    # No guard: its verdict on the outcomes below would end the split being measured.
+    running = start_router(rollback_auto=False)
     user = running.client(running.user)
     viewer = running.client(running.viewer)
     wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
@@ -479,8 +481,12 @@ def test_a_canary_that_returns_errors_is_rolled_back_automatically(
     assert statuses[("canary", 500)] >= 30 and statuses[("stable", 200)] >= 30
     assert ("canary", 200) not in statuses
 
-    # Audited with the evidence, and announced.
-    [entry] = [e for e in ctx.audit.entries() if e["action"] == "model.rolled_back"]
+    # Audited with the evidence (just after the store changed), and announced.
+    def audited() -> list[dict[str, Any]]:
+        return [e for e in ctx.audit.entries() if e["action"] == "model.rolled_back"]
+
+    wait_until(lambda: len(audited()) == 1, 30, "the rollback audited")
+    [entry] = audited()
     assert entry["actor"] == "router" and "error rate" in entry["details"]["reason"]
     assert entry["details"]["after"] == "stable version 1"
     wait_until(
@@ -501,6 +507,76 @@ def test_a_canary_that_returns_errors_is_rolled_back_automatically(
     for row in rows[:100]:
         response = user.post("/v1/models/fraud:predict", json=v1_body(row))
         assert (response.status_code, response.headers["x-falaj-variant"]) == (200, "stable")
+
+
+@pytest.mark.parametrize(
+    ("right", "action", "after", "audited"),
+    [
+        (WEIGHTS_V2, "promote", (2, None), "model.promoted"),
+        (WEIGHTS_V1, "rollback", (1, None), "model.rolled_back"),
+    ],
+    ids=["better canary promoted", "worse canary rolled back"],
+)
+def test_the_router_promotes_a_canary_no_worse_and_rolls_back_a_less_accurate_one(
+    ctx: Context,
+    start_router: RouterStarter,
+    broker: BrokerStandIn,
+    right: tuple[float, ...],
+    action: str,
+    after: tuple[int, int | None],
+    audited: str,
+) -> None:
+    """Outcomes decide: the labels are one version's own answers, so it is the accurate one."""
+    assert register(ctx, WEIGHTS_V1) == 1
+    assert register(ctx, WEIGHTS_V2) == 2
+    store = DeploymentStore(ctx)
+    store.set(TrafficSplit("fraud", stable_version=1, canary_version=2, canary_percent=50))
+    running = start_router(rollback_min_requests=30, canary_min_outcomes=60)
+    user, viewer = running.client(running.user), running.client(running.viewer)
+    wait_until(lambda: user.get("/v2/health/ready").status_code == 200, 90, "both versions loaded")
+
+    rows = sample_rows(300, seed=31)
+    truth = reference(right, rows) >= 0.5
+    ids = []
+    for row in rows:
+        response = user.post("/v1/models/fraud:predict", json=v1_body(row))
+        assert response.status_code == 200, response.text
+        ids.append(response.headers["x-falaj-inference-id"])
+
+    def versions() -> tuple[int, int | None] | None:
+        split = store.get("fraud")
+        return None if split is None else (split.stable_version, split.canary_version)
+
+    # Requests alone promote nothing: the outcomes are still to come.
+    assert versions() == (1, 2)
+    wait_until(
+        lambda: (
+            sum(
+                v["predictions"]["count"]
+                for v in viewer.get("/v2/models/fraud/ab").json()["variants"].values()
+            )
+            == len(rows)
+        ),
+        60,
+        "every prediction reached the metrics",
+    )
+    labels = [{"inference_id": i, "label": int(t)} for i, t in zip(ids, truth, strict=True)]
+    assert user.post("/v2/models/fraud/outcomes", json=labels).json()["matched"] == len(rows)
+
+    wait_until(lambda: versions() == after, 30, f"the canary's {action}")
+    # The audit entry is written just after the store changed.
+    wait_until(
+        lambda: any(e["action"] == audited for e in ctx.audit.entries()), 30, f"{audited} audited"
+    )
+    [entry] = [e for e in ctx.audit.entries() if e["action"] == audited]
+    assert entry["actor"] == "router" and "accuracy" in entry["details"]["reason"]
+    wait_until(
+        lambda: any(e["type"] == EventType.MODEL_DEPLOYED for e in broker.received()),
+        30,
+        f"the {action} announced",
+    )
+    [announced] = [e for e in broker.received() if e["type"] == EventType.MODEL_DEPLOYED]
+    assert ModelDeployed.model_validate(announced.get_data()).action == action
 
 
 def test_a_scaled_to_zero_model_answers_its_next_requests(
