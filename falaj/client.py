@@ -25,6 +25,8 @@ class Prediction:
     probabilities: list[float]
     version: int
     variant: str
+    #: The router's id of this answer: the key an outcome is reported under.
+    inference_id: str = ""
 
 
 class PlatformClient(Closeable):
@@ -112,7 +114,23 @@ class PlatformClient(Closeable):
             probabilities=[float(v) for v in outputs[0]["data"]],
             version=int(response.headers.get("x-falaj-model-version", "0")),
             variant=response.headers.get("x-falaj-variant", "stable"),
+            inference_id=response.headers.get("x-falaj-inference-id", ""),
         )
+
+    def report_outcomes(self, model: str, outcomes: Sequence[tuple[str, float]]) -> dict[str, int]:
+        """What really happened to earlier predictions: (inference id, label) pairs."""
+        body = [{"inference_id": i, "label": label} for i, label in outcomes]
+        response = self._http.post(f"{self.router_url}/v2/models/{model}/outcomes", json=body)
+        _raise_for(response, f"report outcomes of {model}")
+        counts: dict[str, int] = response.json()
+        return counts
+
+    def ab_report(self, model: str) -> dict[str, Any]:
+        """The router's live comparison of the variants of ``model``."""
+        response = self._http.get(f"{self.router_url}/v2/models/{model}/ab")
+        _raise_for(response, f"read the A/B report of {model}")
+        report: dict[str, Any] = response.json()
+        return report
 
     def model_ready(self, model: str, versions: set[int]) -> bool:
         """True when the router serves ``model`` with exactly these versions, all loaded."""

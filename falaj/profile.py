@@ -180,7 +180,7 @@ class CategoryProfile:
         )
 
     def counts(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """How many ``values`` fall in each category (unseen ones in ``OTHER``), missing left out."""
+        """How many ``values`` fall in each category (unseen ones in ``OTHER``; missing: none)."""
         counts = _category_counts(self.name, values)
         named = [counts.pop(category, 0) for category in self.categories]
         other = sum(counts.values())  # what is left: categories the profile does not name

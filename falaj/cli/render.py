@@ -46,20 +46,36 @@ def render_report(report: DemoReport, console: Console) -> None:
     console.print(split)
 
     drift = Table(
-        title=(
-            f"Drift (PSI, window {report.drift.get('window_size')}, "
-            f"threshold {report.drift.get('threshold')})"
-        ),
+        title=f"Drift (window of {report.drift.get('window_size')} requests on version "
+        f"{report.drift.get('version')})",
         title_justify="left",
     )
-    drift.add_column("feature")
-    drift.add_column("PSI")
-    drift.add_column("drifted")
+    for column in ("feature", "PSI", "past its threshold"):
+        drift.add_column(column)
     scores: dict[str, float] = report.drift.get("scores", {})
-    drifted = set(report.drift.get("drifted_features", []))
+    found: dict[str, list[str]] = {}
+    for finding in report.drift.get("findings", []):
+        found.setdefault(finding["feature"], []).append(
+            f"{finding['statistic']} {_num(finding.get('value'))}"
+            + (f" (p={finding['p_value']:.2g})" if finding.get("p_value") is not None else "")
+        )
     for feature, score in sorted(scores.items(), key=lambda kv: -kv[1]):
-        drift.add_row(feature, f"{score:.3f}", "yes" if feature in drifted else "")
+        drift.add_row(feature, f"{score:.3f}", ", ".join(found.get(feature, [])))
     console.print(drift)
+
+    if report.verdict:
+        verdict = report.verdict
+        outcome = "promoted" if verdict.get("action") == "promote" else "rolled back"
+        console.print(
+            f"[bold]Canary {outcome}[/bold]: stable version {verdict.get('stable_version')} "
+            f"now. {verdict.get('reason', '')}"
+        )
+        for variant, outcomes in report.canary_accuracy.items():
+            if outcomes:
+                console.print(
+                    f"  {variant}: accuracy {_num(outcomes.get('accuracy'))} "
+                    f"over {outcomes.get('count')} outcomes"
+                )
 
     ingest = Table(title="Ingestion and quarantine", title_justify="left")
     for column in ("file", "rows", "ingested", "quarantined"):

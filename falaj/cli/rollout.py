@@ -36,7 +36,7 @@ from falaj.cli.options import (
     settings_for,
     user_token,
 )
-from falaj.context import Paths
+from falaj.context import Context, Paths
 from falaj.errors import FalajError
 from falaj.rollouts import RolloutAction, RolloutResult, RolloutStep, describe_split
 from falaj.settings import Settings
@@ -195,6 +195,55 @@ def shadow(
 # -- status --------------------------------------------------------------------------------
 
 
+#: The audit actions that make up the closed loop, and what each says about itself.
+LOOP_ACTIONS = (
+    "drift.detected",
+    "training.launched",
+    "training.completed",
+    "training.failed",
+    "model.registered",
+    "model.deployed",
+    "model.canary",
+    "model.promoted",
+    "model.rolled_back",
+    "model.shadow",
+)
+
+
+def loop_steps(ctx: Context, model: str, *, last: int = 12) -> list[dict[str, str]]:
+    """The model's last steps round the loop, from the audit log: drift to promotion."""
+    prefix = f"model/{model}"
+    steps = [
+        entry
+        for entry in ctx.audit.entries()
+        if entry["action"] in LOOP_ACTIONS
+        and (entry["resource"] == prefix or str(entry["resource"]).startswith(prefix + "/"))
+    ][-last:]
+    return [
+        {
+            "time": str(entry["time"]),
+            "step": str(entry["action"])
+            + ("" if entry.get("outcome", "success") == "success" else f" ({entry['outcome']})"),
+            "version": str(entry["resource"])[len(prefix) + 1 :],
+            "by": str(entry["actor"]),
+            "why": _why(entry),
+        }
+        for entry in steps
+    ]
+
+
+def _why(entry: dict[str, Any]) -> str:
+    details: dict[str, Any] = entry.get("details") or {}
+    if entry["action"] == "drift.detected":
+        return "drifted: " + ", ".join(details.get("drifted_features", []))
+    if entry["action"] == "training.launched":
+        return f"reason {details.get('reason')}, job {details.get('job_id')}"
+    if entry["action"] == "training.completed":
+        metrics = details.get("metrics", {})
+        return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+    return str(details.get("reason") or details.get("error") or "")
+
+
 def _live_report(settings: Settings, model: str) -> dict[str, Any] | None:
     """The router's A/B report and backend states, or None when no router answers."""
     import httpx
@@ -226,7 +275,6 @@ def _ms(value: object) -> str:
 @rollout_app.command("status")
 def status(model: ModelArgument, home: HomeOption = None, as_json: JsonOption = False) -> None:
     """The split, each variant's live metrics, and the canary's A/B tests against stable."""
-    from falaj.context import Context
     from falaj.deployments import DeploymentStore
 
     settings = settings_for(home)
@@ -239,6 +287,7 @@ def status(model: ModelArgument, home: HomeOption = None, as_json: JsonOption = 
     if split is None:
         raise fail(f"{model!r} has no traffic split; nothing of it is deployed")
     live = _live_report(settings, model)
+    steps = loop_steps(ctx, model)
     if as_json:
         console.print_json(
             json.dumps(
@@ -246,11 +295,21 @@ def status(model: ModelArgument, home: HomeOption = None, as_json: JsonOption = 
                     "model": model,
                     "split": {**split.traffic(), "updated": split.updated},
                     "live": live,
+                    "loop": steps,
                 }
             )
         )
         return
     console.print(f"[bold]{model}[/bold]: {describe_split(split)} (since {split.updated[:19]})")
+    if steps:
+        loop = Table(title=f"the loop (last {len(steps)} steps)", title_justify="left")
+        for column in ("time", "step", "version", "by", "why"):
+            loop.add_column(column)
+        for entry in steps:
+            loop.add_row(
+                entry["time"][:19], entry["step"], entry["version"], entry["by"], entry["why"]
+            )
+        console.print(loop)
     if live is None:
         console.print("  no router answers here: live metrics appear while 'falaj up' runs")
         return

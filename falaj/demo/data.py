@@ -152,9 +152,17 @@ def _break_rows(frame: pd.DataFrame, count: int, rng: np.random.Generator) -> pd
 
 def inference_rows(n: int, *, seed: int, shift: float = 0.0) -> list[dict[str, float]]:
     """``n`` requests' model inputs, drawn like the transactions of the same shift."""
+    return [inputs for inputs, _ in labelled_inference_rows(n, seed=seed, shift=shift)]
+
+
+def labelled_inference_rows(
+    n: int, *, seed: int, shift: float = 0.0
+) -> list[tuple[dict[str, float], int]]:
+    """``n`` requests' model inputs and what each transaction turned out to be (1: fraud)."""
     frame = generate_transactions(n, seed=seed, shift=shift)
     inputs = frame[list(MODEL_INPUTS)].astype("float64")
+    labels = frame["is_fraud"].astype(int).tolist()
     return [
-        {name: float(value) for name, value in zip(MODEL_INPUTS, row, strict=True)}
-        for row in inputs.itertuples(index=False)
+        ({name: float(value) for name, value in zip(MODEL_INPUTS, row, strict=True)}, label)
+        for row, label in zip(inputs.itertuples(index=False), labels, strict=True)
     ]

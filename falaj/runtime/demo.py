@@ -8,7 +8,10 @@
    ONNX, signs and encrypts it; the rollout function serves it at 100%.
 3. Normal traffic is predicted and logged; the drift function sees no drift.
 4. Traffic shifts (and new, shifted labelled data lands): drift is detected,
-   retraining makes version 2, which goes out as a 10% canary beside version 1.
+   retraining makes version 2, which goes out as a canary beside version 1.
+5. The canary's traffic is answered, and the transactions' real outcomes come
+   back; the router judges the canary on them (accuracy, errors, latency) and
+   promotes it, or rolls it back when it is worse. Nobody steps in.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from falaj.audit import AuditLog
 from falaj.auth import Role
 from falaj.client import PlatformClient
-from falaj.demo.data import generate_transactions, inference_rows
+from falaj.demo.data import generate_transactions, inference_rows, labelled_inference_rows
 from falaj.errors import AuditTampered, FalajError
 from falaj.events import EventType
 from falaj.feature_repo import load_repo
@@ -44,7 +47,7 @@ class DemoConfig:
     bad_rows: int = 12
     seed: int = 7
     shift: float = 1.0
-    canary_requests: int = 400
+    canary_requests: int = 600
     step_timeout_s: float = 240.0
 
 
@@ -53,6 +56,10 @@ class DemoReport:
     versions: list[dict[str, Any]] = field(default_factory=list)
     split: dict[str, Any] = field(default_factory=dict)
     observed_split: dict[str, int] = field(default_factory=dict)
+    #: The router's verdict on the canary: the model.deployed event of its promotion or rollback.
+    verdict: dict[str, Any] = field(default_factory=dict)
+    #: Accuracy of each variant over the outcomes reported during the canary.
+    canary_accuracy: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] = field(default_factory=dict)
     ingested: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
@@ -141,10 +148,29 @@ class DemoStory:
 
         step(f"canary: {cfg.canary_requests} requests split between versions 1 and 2")
         observed: Counter[str] = Counter()
-        for row in inference_rows(cfg.canary_requests, seed=cfg.seed + 4, shift=cfg.shift):
+        outcomes: list[tuple[str, float]] = []
+        rows = labelled_inference_rows(cfg.canary_requests, seed=cfg.seed + 4, shift=cfg.shift)
+        for row, label in rows:
             prediction = client.predict(MODEL, [[row[f] for f in features]])
             observed[f"v{prediction.version} ({prediction.variant})"] += 1
+            outcomes.append((prediction.inference_id, float(label)))
         self.report.observed_split = dict(observed)
+
+        step("outcomes come back; the router promotes or rolls back the canary on them")
+        self._await_logged(client, 2 * self.settings.drift_window + len(rows))
+        client.report_outcomes(MODEL, outcomes)
+        self.report.canary_accuracy = {
+            name: variant.get("outcomes", {})
+            for name, variant in client.ab_report(MODEL).get("variants", {}).items()
+        }
+        verdict = wait(
+            EventType.MODEL_DEPLOYED,
+            where=lambda d: (
+                d.get("action") in ("promote", "rollback")
+                and str(d.get("reason", "")).startswith("automatic")
+            ),
+        )
+        self.report.verdict = verdict["data"]
         self.report.versions = [e["data"] for e in client.events(EventType.MODEL_REGISTERED)]
         self.report.quarantine = self._quarantined()
 
@@ -177,6 +203,22 @@ class DemoStory:
                 )
             time.sleep(0.25)  # polling a readiness endpoint, as a kubelet does
 
+    def _await_logged(self, client: PlatformClient, predictions: int) -> None:
+        """Wait until the router's metrics hold ``predictions`` canary-phase answers.
+
+        Predictions reach them through the payload log, off the request path;
+        an outcome reported before its prediction got there would match nothing.
+        """
+        deadline = time.monotonic() + self.config.step_timeout_s
+        while True:
+            variants = client.ab_report(MODEL).get("variants", {})
+            logged = sum(int(v["predictions"]["count"]) for v in variants.values())
+            if logged >= predictions:
+                return
+            if time.monotonic() > deadline:
+                raise FalajError(f"only {logged} of {predictions} predictions were logged in time")
+            time.sleep(0.25)  # polling the router's metrics, as a dashboard does
+
     def _land(self, name: str, frame: Any) -> None:
         landing = self.platform.paths.landing / DATASET
         landing.mkdir(parents=True, exist_ok=True)
@@ -201,6 +243,20 @@ class DemoStory:
             self.report.audit_verified = True
         except AuditTampered:
             self.report.audit_verified = False
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The platform's settings, sized for a story told in minutes on two cores."""
+    return settings.model_copy(
+        update={
+            # One drift alert per version is the story; a long cooldown keeps the
+            # canary's own traffic from starting a third training mid-demo.
+            "drift_cooldown_s": 3600.0,
+            # A 10% canary of 600 requests answers ~60: judged at 30 of each.
+            "rollback_min_requests": 30,
+            "canary_min_outcomes": 30,
+        }
+    )
 
 
 def demo_home(base: Path) -> Path:

@@ -53,8 +53,22 @@ def test_canary_resize_promote_rollback_and_shadow_from_the_cli(ctx: Context) ->
     assert code == 0, out
     status = json.loads(out)
     assert status["split"]["stable_version"] == 2 and status["live"] is None
+    # The loop's steps, from the audit log: the registrations, then each rollout step.
+    steps = [(s["step"], s["version"]) for s in status["loop"]]
+    assert steps[-7:] == [
+        ("model.canary", "2"),
+        ("model.canary", "2"),
+        ("model.promoted", "2"),
+        ("model.rolled_back (refused)", ""),
+        ("model.shadow", "4"),
+        ("model.shadow", "2"),
+        ("model.canary (refused)", "9"),
+    ]
+    assert [s["step"] for s in status["loop"][:4]] == ["model.registered"] * 4
+    assert status["loop"][-7]["why"] == "try v2"
     code, out = rollout(ctx, "status", "fraud")
     assert code == 0 and "no router answers here" in out
+    assert "the loop (last" in out and "model.promoted" in out
     code, out = rollout(ctx, "status", "aml")
     assert code == 1 and "'aml' has no traffic split" in out
 
