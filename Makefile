@@ -9,6 +9,14 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # opentelemetry 1.45.1, which the stack's packages do not accept (STACK.md).
 BENTOML_VENV := .venv-bentoml
 BENTOML_STAMP := $(BENTOML_VENV)/.installed
+# Evidently, the drift benchmark's peer, in a venv of its own too. Not for a
+# version clash: pip resolves evidently 0.7.23 against every pin of .venv
+# (checked with `pip install --dry-run -c <pip freeze of .venv>`). It is kept
+# out because it brings 27 packages the platform does not use (litestar,
+# statsmodels, nltk, scikit-learn, plotly<6, ...), and because the peer must
+# run without falaj importable (benchmarks/drift_tools/evidently_runner.py).
+EVIDENTLY_VENV := .venv-evidently
+EVIDENTLY_STAMP := $(EVIDENTLY_VENV)/.installed
 
 .PHONY: demo test bench lint typecheck up down clean
 
@@ -31,13 +39,23 @@ $(BENTOML_STAMP):
 		numpy==2.4.6 httptools==0.9.0 uvloop==0.23.0
 	touch $(BENTOML_STAMP)
 
+# numpy, pandas, scipy and pyarrow at the stack's own pins (pyproject.toml), so
+# the drift benchmark compares the two implementations, not two library versions
+# (pip would otherwise take pandas 3, which reads strings into another dtype).
+$(EVIDENTLY_STAMP):
+	test -x $(EVIDENTLY_VENV)/bin/python || $(PYTHON) -m venv $(EVIDENTLY_VENV)
+	$(EVIDENTLY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(EVIDENTLY_VENV)/bin/python -m pip install --quiet evidently==0.7.23 \
+		numpy==2.4.6 pandas==2.3.3 scipy==1.17.1 pyarrow==26.0.1
+	touch $(EVIDENTLY_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/falaj demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(BENCH_STAMP) $(BENTOML_STAMP)
+bench: $(BENCH_STAMP) $(BENTOML_STAMP) $(EVIDENTLY_STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
 
 lint: $(STAMP)

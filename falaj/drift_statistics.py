@@ -245,6 +245,13 @@ DEFAULT_THRESHOLDS: Mapping[str, float] = {
 }
 
 
+def import_scipy() -> None:
+    """Import what the statistics compute with, now: a long-running scorer calls this at
+    start, so its first window does not pay the ~1 s of importing SciPy."""
+    import scipy.spatial.distance
+    import scipy.stats  # noqa: F401
+
+
 def statistic(name: str) -> DriftStatistic:
     try:
         return STATISTICS[name]

@@ -15,6 +15,7 @@ import typer
 
 from falaj.audit import AuditLog
 from falaj.auth import Role
+from falaj.cli.drift import drift_app
 from falaj.cli.options import (
     HomeOption,
     JsonOption,
@@ -61,6 +62,7 @@ train_app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(drift_app, name="drift")
 
 
 @app.command()
@@ -124,12 +126,9 @@ def demo(
 ) -> None:
     """Run the whole loop on real components and print what happened."""
     from falaj.cli.render import render_report
-    from falaj.runtime.demo import DemoConfig, DemoStory, demo_home
+    from falaj.runtime.demo import DemoConfig, DemoStory, demo_home, demo_settings
 
-    settings = settings_for(home or demo_home(Path.cwd()))
-    # One drift alert per version is the story; a long cooldown keeps the
-    # canary's own traffic from starting a third training mid-demo.
-    settings = settings.model_copy(update={"drift_cooldown_s": 3600.0})
+    settings = demo_settings(settings_for(home or demo_home(Path.cwd())))
     # FALAJ_RAY_ADDRESS points the demo at a Ray head that is already running.
     story = DemoStory(settings, DemoConfig(rows=rows), ray_address=settings.ray_address)
     started = time.monotonic()

@@ -26,7 +26,7 @@ import numpy as np
 
 from falaj.drift_history import DriftHistory
 from falaj.drift_policy import DriftPolicy, DriftVerdict, WindowScores
-from falaj.drift_statistics import StatisticValue, score_column
+from falaj.drift_statistics import StatisticValue, import_scipy, score_column
 from falaj.errors import EventError, FalajError
 from falaj.events import DriftDetected, DriftFindingData, EventType, InferenceLogged, ParsedEvent
 from falaj.function import CloudEventFunction
@@ -57,6 +57,7 @@ class DriftFunction(CloudEventFunction):
         self._windows = WindowStore(self._history)
         self._registry = ModelRegistry(self.ctx)
         self._policy = DriftPolicy.from_settings(self.ctx.settings)
+        import_scipy()
 
     @property
     def windows(self) -> WindowStore:

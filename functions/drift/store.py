@@ -123,21 +123,29 @@ class WindowStore:
             "WHERE model = ? AND version = ? ORDER BY rowid",
             (model, version),
         )
-        parts: dict[str, list[np.ndarray]] = {}
-        predictions: list[np.ndarray] = []
-        rows = 0
+        # Events of one model carry the same names: their blocks are joined as
+        # bytes and read as one matrix per set of names, not sliced per event.
+        blocks: dict[str, list[bytes]] = {}
+        predictions: list[bytes] = []
         for raw_names, raw_inputs, raw_predictions in cursor:
+            blocks.setdefault(raw_names, []).append(raw_inputs)
+            predictions.append(raw_predictions)
+        parts: dict[str, list[np.ndarray]] = {}
+        rows = 0
+        for raw_names, chunks in blocks.items():
             names = self._names.get(raw_names)
-            if names is None:  # events of one model carry the same names: parsed once
+            if names is None:
                 names = self._names[raw_names] = tuple(json.loads(raw_names))
-            block = np.frombuffer(raw_inputs, dtype=np.float64).reshape(-1, len(names))
+            matrix = np.frombuffer(b"".join(chunks), dtype=np.float64).reshape(-1, len(names))
             for index, name in enumerate(names):
-                parts.setdefault(name, []).append(block[:, index])
-            predictions.append(np.frombuffer(raw_predictions, dtype=np.float64))
-            rows += block.shape[0]
-        predicted = np.concatenate(predictions) if predictions else np.empty(0)
+                parts.setdefault(name, []).append(matrix[:, index])
+            rows += matrix.shape[0]
+        predicted = np.frombuffer(b"".join(predictions), dtype=np.float64)
         return Window(
-            columns={name: np.concatenate(chunks) for name, chunks in parts.items()},
+            columns={
+                name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+                for name, chunks in parts.items()
+            },
             predictions=predicted[np.isfinite(predicted)],
             rows=rows,
         )
