@@ -55,8 +55,8 @@ CHUNK = 500_000
 
 
 def run(quick: bool = False) -> list[Row]:
-    rows = 50_000 if quick else 1_000_000
-    large = 500_000 if quick else 10_000_000
+    rows = 20_000 if quick else 1_000_000
+    large = 200_000 if quick else 10_000_000
     with tempfile.TemporaryDirectory(prefix="falaj-drift-bench-") as scratch:
         folder = Path(scratch)
         reference, current = folder / "reference.parquet", folder / "current.parquet"
@@ -72,7 +72,7 @@ def run(quick: bool = False) -> list[Row]:
             folder / "profile.json", folder / "home", quick=quick
         )
     diffs = differences(ours["values"], peer["scores"], exact)
-    size = "1m" if not quick else "50k"
+    size = "1m" if not quick else "20k"
     return [
         Row(
             metric=f"score_s_{size}",
@@ -102,7 +102,7 @@ def run(quick: bool = False) -> list[Row]:
         Row(metric="max_abs_diff_ks_p_vs_evidently", value=diffs["ks_p"], unit="abs"),
         Row(metric="max_abs_diff_psi_vs_evidently_definitional", value=diffs["psi"], unit="abs"),
         Row(
-            metric="peak_rss_mb_10m" if not quick else "peak_rss_mb_500k",
+            metric="peak_rss_mb_10m" if not quick else "peak_rss_mb_200k",
             value=memory["peak_rss_mb"],
             unit="MB",
             goal="<= 1024",
