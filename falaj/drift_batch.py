@@ -199,27 +199,15 @@ def score_file(
     its profile needs (text in a numeric feature); ``StorageError`` when the
     file cannot be read at all.
     """
-    chosen = tuple(statistic(name).name for name in statistics)  # unknown names refused here
+    # Each statistic once, in the order asked for; an unknown name is refused here.
+    chosen = tuple(dict.fromkeys(statistic(name).name for name in statistics))
     file_format = _format_of(path)
     references: dict[str, ColumnProfile] = dict(profile.features)
     if profile.prediction is not None:
         references[PREDICTION] = profile.prediction
     try:
         with tempfile.TemporaryDirectory(prefix="falaj-drift-") as scratch:
-            parquet = Path(scratch) / "data.parquet"
-            if file_format == "parquet":
-                parquet, names = path, _parquet_columns(path)
-                _check_features(profile, path, names)
-            elif file_format == "csv":
-                names = _csv_columns(path)
-                _check_features(profile, path, names)
-                _csv_to_parquet(path, parquet, _wanted(references, names, _csv_type), names)
-            else:
-                sample = _json_sample(path)
-                names = list(sample)
-                _check_features(profile, path, names)
-                types = _wanted(references, names, lambda r: _json_type(r, sample[r.name]))
-                _json_to_parquet(path, parquet, types)
+            parquet, names = _as_parquet(path, file_format, profile, references, Path(scratch))
             present = [name for name in references if name in names]
             with pq.ParquetFile(parquet) as opened:
                 rows = opened.metadata.num_rows
@@ -247,6 +235,33 @@ def score_file(
         missing_features=tuple(name for name in profile.features if name not in names),
         unknown_columns=tuple(name for name in names if name not in references),
     )
+
+
+def _as_parquet(
+    path: Path,
+    file_format: str,
+    profile: ReferenceProfile,
+    references: Mapping[str, ColumnProfile],
+    scratch: Path,
+) -> tuple[Path, list[str]]:
+    """A Parquet file of the profiled columns (``path`` itself, or converted into
+    ``scratch``), and the names of every column ``path`` has."""
+    if file_format == "parquet":
+        names = _parquet_columns(path)
+        _check_features(profile, path, names)
+        return path, names
+    converted = scratch / "data.parquet"
+    if file_format == "csv":
+        names = _csv_columns(path)
+        _check_features(profile, path, names)
+        _csv_to_parquet(path, converted, _wanted(references, names, _csv_type), names)
+    else:
+        sample = _json_sample(path)
+        names = list(sample)
+        _check_features(profile, path, names)
+        types = _wanted(references, names, lambda r: _json_type(r, sample[r.name]))
+        _json_to_parquet(path, converted, types)
+    return converted, names
 
 
 def _check_features(profile: ReferenceProfile, path: Path, names: Sequence[str]) -> None:
@@ -363,7 +378,8 @@ class _PreparedColumn(Column):
     ``Column`` derives them from one array of raw values, copying it twice on
     the way (finite values, then sorted); at ten million rows those copies are
     what would break the memory bound, so they are handed in ready instead.
-    The statistics read only these properties, so they score it unchanged.
+    Everything else ``Column`` derives from these two (shares, counts), so the
+    statistics score it unchanged.
     """
 
     def __init__(
@@ -388,18 +404,6 @@ class _PreparedColumn(Column):
         if self._ready_counts is None:
             raise SchemaError(f"feature {self.reference.name!r} is numeric, not categorical")
         return self._ready_counts
-
-    @property
-    def shares(self) -> FloatArray:
-        if isinstance(self.reference, CategoryProfile):
-            return self.categories / self.categories.sum()
-        # Bins are right-closed, so the values up to edge i fill bins 0..i: a
-        # binary search per edge instead of one bin index per value.
-        ordered = self.ordered
-        upto = np.searchsorted(ordered, np.asarray(self.reference.edges), side="right")
-        counts = np.diff(np.concatenate(([0], upto, [ordered.size])))
-        shares: FloatArray = counts / ordered.size
-        return shares
 
 
 def _batches(parquet: Path, name: str) -> Iterator[pa.Array]:

@@ -81,20 +81,25 @@ class FeatureProfile:
     def from_values(cls, name: str, values: npt.ArrayLike, *, bins: int = 10) -> FeatureProfile:
         if bins < 2:
             raise SchemaError(f"a profile needs at least 2 bins, got {bins}")
-        finite = _finite(name, values)
-        quantiles = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+        # Sorted once: the bins, the quantiles and the distribution all read it.
+        finite = np.sort(_finite(name, values))
+        cuts = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+        values_at = np.quantile(finite, np.concatenate((cuts, QUANTILES)))
         # Ties collapse quantiles into fewer bins; a constant column keeps one
         # edge at its value, so a production value above it still counts as drift.
-        edges = np.unique(quantiles)
+        edges = np.unique(values_at[: cuts.size])
+        # Bins are right-closed: the values up to edge i fill bins 0..i.
+        upto = np.searchsorted(finite, edges, side="right")
+        counts = np.diff(np.concatenate(([0], upto, [finite.size])))
         return cls(
             name=name,
             edges=tuple(float(e) for e in edges),
-            proportions=tuple(float(p) for p in _bin_shares(edges, finite)),
+            proportions=tuple(float(p) for p in counts / finite.size),
             quantiles={
                 _quantile_key(q): float(v)
-                for q, v in zip(QUANTILES, np.quantile(finite, QUANTILES), strict=True)
+                for q, v in zip(QUANTILES, values_at[cuts.size :], strict=True)
             },
-            distribution=CumulativeDistribution.from_values(finite, name=name),
+            distribution=CumulativeDistribution.from_sorted(finite),
         )
 
     def shares(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:

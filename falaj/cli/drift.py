@@ -26,7 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from falaj.cli.options import HomeOption, JsonOption, console, err_console, fail, settings_for
-from falaj.drift_batch import FORMATS, BatchReport
+from falaj.drift_batch import FORMATS, BatchReport, score_file
+from falaj.drift_report import write_html
 from falaj.drift_statistics import STATISTICS, statistic
 from falaj.errors import FalajError
 from falaj.profile import PREDICTION, ReferenceProfile
@@ -98,14 +99,12 @@ def score(
     as_json: JsonOption = False,
 ) -> None:
     """Score a file's features against a model version's reference profile, offline."""
-    from falaj.drift_batch import score_file
-    from falaj.drift_report import write_html
-
     model, version = parse_reference(reference)
     target = report or Path.cwd() / f"drift-report-{model}-v{version}.html"
     try:
         settings = settings_for(home)
-        chosen = tuple(statistic(name).name for name in statistics or STATISTICS)
+        # Each statistic once, in the order asked for; an unknown name is refused.
+        chosen = tuple(dict.fromkeys(statistic(name).name for name in statistics or STATISTICS))
         profile = _verified_profile(settings, model, version)
         with _progress(enabled=not as_json) as bar:
             task = bar.add_task(f"reading {escape(data.name)}", total=None)

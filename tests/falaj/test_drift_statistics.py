@@ -153,3 +153,30 @@ def test_thresholds_and_directions() -> None:
         assert not statistic(name).drifted(still[name], DEFAULT_THRESHOLDS[name])
     with pytest.raises(SchemaError, match="unknown drift statistic 'kl'; expected one of psi"):
         statistic("kl")
+
+
+@pytest.mark.parametrize("size", [500, 5000])
+def test_taking_a_column_in_chunks_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    import falaj.drift_statistics as statistics
+
+    rng = np.random.default_rng(size)
+    reference = np.round(rng.normal(size=size), 1 if size == 500 else 4)  # ties; exact and sketch
+    production = np.sort(np.round(rng.normal(0.3, 1.2, 999), 1))
+    distribution = CumulativeDistribution.from_values(reference)
+    whole = (
+        ks_statistic(distribution, production),
+        wasserstein_distance(distribution, production),
+    )
+    monkeypatch.setattr(statistics, "CHUNK", 7)
+    chunked = (
+        ks_statistic(distribution, production),
+        wasserstein_distance(distribution, production),
+    )
+    assert chunked[0] == whole[0]
+    assert chunked[1] == pytest.approx(whole[1], rel=1e-12)
+    if distribution.exact:
+        assert chunked[1] == pytest.approx(
+            stats.wasserstein_distance(reference, production), rel=1e-10
+        )
