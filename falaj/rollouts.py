@@ -374,23 +374,3 @@ class CanaryPolicy:
                     f"(p={accuracy.p_value:.2g})"
                 )
         return None
-        errors = compare_rates(
-            stable.server_errors, stable.requests, canary.server_errors, canary.requests
-        )
-        if errors.difference > self.error_rate_margin and errors.significant():
-            return (
-                f"canary error rate {errors.b:.1%} over {canary.requests} requests exceeds "
-                f"the stable's {errors.a:.1%} by more than {self.error_rate_margin:.1%} "
-                f"(p={errors.p_value:.2g})"
-            )
-        p99_stable, p99_canary = stable.latency_p99_ms, canary.latency_p99_ms
-        if (
-            p99_stable is not None
-            and p99_canary is not None
-            and p99_canary > p99_stable + self.p99_margin_ms
-        ):
-            return (
-                f"canary p99 latency {p99_canary:.1f} ms exceeds the stable's "
-                f"{p99_stable:.1f} ms by more than {self.p99_margin_ms:g} ms"
-            )
-        return None
