@@ -303,8 +303,10 @@ class CanaryPolicy:
 
     Otherwise, with ``promote`` on, it is promoted once it is *no worse*: the
     request minimum reached and, unless ``min_outcomes`` is 0 (a model whose
-    outcomes never come back), the outcome minimum too. A canary is judged
-    on the evidence it has; it is never promoted for lack of it.
+    outcomes never come back), the outcome minimum too, and neither its error
+    rate nor (with outcomes) its accuracy behind the stable's by more than the
+    margin even where that gap is not yet significant: such a canary keeps its
+    share until the evidence settles it either way.
     """
 
     min_requests: int
@@ -332,7 +334,7 @@ class CanaryPolicy:
         if worse is not None:
             return CanaryVerdict(RolloutAction.ROLLBACK, worse)
         judged_outcomes = min(stable.outcomes, canary.outcomes) >= self.min_outcomes
-        if not self.promote or not judged_outcomes:
+        if not self.promote or not judged_outcomes or self._behind(stable, canary):
             return KEEP_WATCHING
         evidence = f"{canary.requests} requests, error rate and p99 within their margins"
         if self.min_outcomes:
@@ -341,6 +343,20 @@ class CanaryPolicy:
                 f"outcomes against the stable's {stable.correct / stable.outcomes:.1%}"
             )
         return CanaryVerdict(RolloutAction.PROMOTE, f"no worse than the stable: {evidence}")
+
+    def _behind(self, stable: VariantEvidence, canary: VariantEvidence) -> bool:
+        """Whether the canary looks worse beyond a margin, significant or not yet.
+
+        Not enough to roll it back (that needs significance), but not "no worse"
+        either: it keeps serving its share until the evidence settles it.
+        """
+        error_gap = canary.server_errors / canary.requests - stable.server_errors / stable.requests
+        if error_gap > self.error_rate_margin:
+            return True
+        if self.min_outcomes:
+            accuracy_gap = stable.correct / stable.outcomes - canary.correct / canary.outcomes
+            return accuracy_gap > self.accuracy_margin
+        return False
 
     def _worse(self, stable: VariantEvidence, canary: VariantEvidence) -> str | None:
         """Why the canary is worse than the stable, or None."""

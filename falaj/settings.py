@@ -7,6 +7,7 @@ they receive a ``Settings``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -248,13 +249,36 @@ class Settings(BaseModel):
     @field_validator("drift_thresholds")
     @classmethod
     def _known_drift_statistics(cls, value: dict[str, float]) -> dict[str, float]:
-        known = _default_drift_thresholds()
-        unknown = sorted(set(value) - set(known))
-        if unknown:
-            raise ValueError(
-                f"unknown drift statistics {unknown}; expected some of {', '.join(known)}"
-            )
+        from falaj.drift_statistics import STATISTICS
+
+        unknown = sorted(set(value) - set(STATISTICS))
+        problems = (
+            [f"unknown drift statistics {unknown}; expected some of {', '.join(STATISTICS)}"]
+            if unknown
+            else []
+        )
+        if not value:
+            problems.append("expected at least one STATISTIC=VALUE; none would never alert")
+        for name, threshold in value.items():
+            if name in unknown:
+                continue
+            by_p = STATISTICS[name].decides_by_p_value
+            if not math.isfinite(threshold) or threshold <= 0 or (by_p and threshold >= 1):
+                expected = "a p-value between 0 and 1" if by_p else "a finite number above 0"
+                problems.append(f"{name}: expected {expected}, got {threshold}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
+
+    @model_validator(mode="after")
+    def _window_holds_the_minimum(self) -> Settings:
+        if self.drift_min_samples > self.drift_window:
+            raise ValueError(
+                f"drift_min_samples ({self.drift_min_samples}) exceeds drift_window "
+                f"({self.drift_window}): no window would ever alert; lower "
+                "FALAJ_DRIFT_MIN_SAMPLES or raise FALAJ_DRIFT_WINDOW"
+            )
+        return self
 
     @field_validator("training_off_peak", mode="before")
     @classmethod
@@ -331,6 +355,8 @@ class Settings(BaseModel):
             if not key.startswith(ENV_PREFIX):
                 continue
             field = key[len(ENV_PREFIX) :].lower()
+            if field in _RENAMED:
+                raise ConfigError(f"{key} was replaced: set {_RENAMED[field]} instead")
             if field not in known:
                 # A misspelt variable silently ignored is a week of debugging.
                 raise ConfigError(
@@ -427,6 +453,8 @@ def _default_drift_thresholds() -> dict[str, float]:
     return dict(DEFAULT_THRESHOLDS)
 
 
+#: Settings that were replaced, and what replaces them.
+_RENAMED = {"drift_psi_threshold": "FALAJ_DRIFT_THRESHOLDS=psi=<value>[,...]"}
 #: Settings written as KEY=VALUE[,KEY=VALUE], and what their keys are.
 _PAIR_SETTINGS = {"storage_regions": "PREFIX=REGION", "drift_thresholds": "STATISTIC=VALUE"}
 
@@ -436,11 +464,12 @@ def _parse_env_value(field: str, raw: str) -> Any:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if field in _PAIR_SETTINGS:
         pairs = [part.split("=", 1) for part in raw.split(",") if part.strip()]
-        bad = [p for p in pairs if len(p) != 2]
-        if bad:
+        keys = [p[0].strip() for p in pairs]
+        if any(len(p) != 2 for p in pairs) or len(set(keys)) != len(keys):
             shape = _PAIR_SETTINGS[field]
             raise ConfigError(
-                f"{ENV_PREFIX}{field.upper()}: expected {shape}[,{shape}], got {raw!r}"
+                f"{ENV_PREFIX}{field.upper()}: expected {shape}[,{shape}], each key once, "
+                f"got {raw!r}"
             )
         return {key.strip(): value.strip() for key, value in pairs}
     return raw

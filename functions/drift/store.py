@@ -109,9 +109,15 @@ class WindowStore:
                 )
             state = self._state(model, version)
         if added:
-            cached = self._cached.get((model, version))
+            key = (model, version)
+            cached = self._cached.get(key)
+            if cached is not None and cached.rows + block.shape[0] != state.rows:
+                # Another writer added to (or closed) this window meanwhile: the
+                # copy no longer matches the file, which is read back instead.
+                del self._cached[key]
+                cached = None
             if cached is None and state.rows == block.shape[0]:  # this event began the window
-                cached = self._cached[(model, version)] = _Cached()
+                cached = self._cached[key] = _Cached()
             if cached is not None:
                 cached.rows += block.shape[0]
                 cached.batches.append(stored)

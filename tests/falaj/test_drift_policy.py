@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,40 @@ def test_settings_take_thresholds_from_the_environment(tmp_path: Path) -> None:
         Settings.from_env({"FALAJ_DRIFT_THRESHOLDS": "kl=0.1"}, home=tmp_path)
     with pytest.raises(ConfigError, match="expected STATISTIC=VALUE"):
         Settings.from_env({"FALAJ_DRIFT_THRESHOLDS": "psi"}, home=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("", "expected at least one STATISTIC=VALUE"),
+        ("psi=nan", "psi: expected a finite number above 0, got nan"),
+        ("psi=-1", "psi: expected a finite number above 0, got -1"),
+        ("ks=2", "ks: expected a p-value between 0 and 1, got 2"),
+        ("psi=0.2,psi=0.3", "each key once"),
+    ],
+)
+def test_thresholds_that_could_never_or_always_fire_are_refused(
+    tmp_path: Path, raw: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env({"FALAJ_DRIFT_THRESHOLDS": raw}, home=tmp_path)
+
+
+def test_a_window_smaller_than_the_minimum_sample_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match="drift_min_samples \\(100\\) exceeds drift_window \\(50\\)"
+    ):
+        Settings.from_env({"FALAJ_DRIFT_WINDOW": "50"}, home=tmp_path)
+    assert (
+        Settings.from_env(
+            {"FALAJ_DRIFT_WINDOW": "50", "FALAJ_DRIFT_MIN_SAMPLES": "50"}, home=tmp_path
+        ).drift_window
+        == 50
+    )
+
+
+def test_the_replaced_psi_threshold_says_what_replaces_it(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match="FALAJ_DRIFT_PSI_THRESHOLD was replaced: set FALAJ_DRIFT_THRESHOLDS=psi="
+    ):
+        Settings.from_env({"FALAJ_DRIFT_PSI_THRESHOLD": "0.3"}, home=tmp_path)

@@ -141,8 +141,20 @@ def test_a_canary_no_worse_over_the_minimum_outcomes_is_promoted() -> None:
     verdict = JUDGE.verdict(stable, better)
     assert verdict.action is A.PROMOTE
     assert "accuracy 90.0% over 100 outcomes against the stable's 80.0%" in verdict.reason
-    # Slightly worse, within noise: no worse as far as the evidence goes.
-    assert JUDGE.verdict(stable, VariantEvidence(200, 0, 2.0, 100, 77)).action is A.PROMOTE
+    # Slightly worse, within the margin: no worse as far as the evidence goes.
+    assert JUDGE.verdict(stable, VariantEvidence(200, 0, 2.0, 100, 79)).action is A.PROMOTE
+
+
+def test_a_canary_behind_by_more_than_a_margin_but_not_significantly_keeps_its_share() -> None:
+    stable = VariantEvidence(200, 0, 10.0, outcomes=100, correct=90)
+    # 85% against 90%, and 1.5% errors: not significant, so not rolled back; behind on
+    # accuracy by more than the margin, so not promoted either.
+    behind = VariantEvidence(200, 3, 59.0, outcomes=100, correct=85)
+    assert JUDGE.verdict(stable, behind) == KEEP_WATCHING
+    # 3.5% errors against 1%: beyond the margin, not significant (p = 0.09) over 200 each.
+    some_errors = VariantEvidence(200, 2, 10.0, outcomes=100, correct=90)
+    erring = VariantEvidence(200, 7, 10.0, outcomes=100, correct=90)
+    assert JUDGE.verdict(some_errors, erring) == KEEP_WATCHING
 
 
 def test_a_canary_significantly_less_accurate_is_rolled_back_not_promoted() -> None:

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from falaj.auth import Role
 from falaj.context import Context
 from falaj.drift_history import DriftHistory
+from falaj.drift_policy import DriftPolicy
 from falaj.errors import EventError, RegistryError, SignatureInvalid
 from falaj.events import (
     DriftDetected,
@@ -355,6 +356,34 @@ def test_categorical_features_are_scored_by_chi_square_and_jensen_shannon(
     [(_, data)] = function.emitted
     assert isinstance(data, DriftDetected)
     assert {f.statistic for f in data.findings} == {"psi", "chi_square", "jensen_shannon"}
+
+
+def test_a_window_another_writer_closed_is_read_back_not_taken_from_memory(
+    ctx: Context,
+) -> None:
+    first = WindowStore(DriftHistory(ctx.paths.drift))
+    second = WindowStore(DriftHistory(ctx.paths.drift))
+
+    def add(store: WindowStore, event: str, value: float) -> None:
+        store.append("fraud", 1, event, {"amount": [value] * 5}, [None] * 5, now=0.0)
+
+    add(first, "e1", 1.0)
+    add(second, "e2", 2.0)
+    window = second.window("fraud", 1)
+    second.close_window(
+        "fraud",
+        1,
+        window_end="t1",
+        rows=window.rows,
+        scores={},
+        verdict=DriftPolicy(thresholds={"psi": 0.2}, min_samples=1, cooldown_s=0).verdict(
+            {}, rows=window.rows, now=0.0, last_alert=None
+        ),
+        alerted_at=None,
+    )
+    add(first, "e3", 3.0)  # the first store's copy still holds e1, which was scored
+    add(second, "e4", 4.0)
+    assert sorted(set(first.window("fraud", 1).columns["amount"])) == [3.0, 4.0]
 
 
 def test_a_first_format_history_is_carried_over(ctx: Context) -> None:
