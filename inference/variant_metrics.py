@@ -109,6 +109,8 @@ class ServingMetrics:
         self._variants: dict[tuple[str, int, str], VariantMetrics] = {}
         # inference id -> every variant that answered it (the caller's and a shadow's).
         self._answered: OrderedDict[str, list[_Answered]] = OrderedDict()
+        # model -> the (stable, canary) pair being judged and the counters when it began.
+        self._epochs: dict[str, tuple[tuple[int, int], list[tuple[int, int, int, int]]]] = {}
 
     def _metrics(self, model: str, version: int, variant: str) -> VariantMetrics:
         return self._variants.setdefault((model, version, variant), VariantMetrics())
@@ -153,33 +155,38 @@ class ServingMetrics:
         return bool(answers)
 
     def evidence(self, split: TrafficSplit) -> tuple[VariantEvidence, VariantEvidence] | None:
-        """The stable's and the canary's evidence, while the split has a canary."""
+        """The stable's and the canary's evidence since this canary was first judged.
+
+        Counts before that are not evidence about the canary: the stable's
+        accuracy on last week's traffic (before the drift that made the canary)
+        would make any canary look worse, and a version made canary again would
+        start with what it earned the first time. The latency windows are the
+        most recent requests either way.
+        """
         if split.canary_version is None:
             return None
-        # Counters and a copy of the latencies under the lock (the request path
-        # takes it too); the percentiles after it.
+        pair = ((split.stable_version, "stable"), (split.canary_version, "canary"))
         with self._lock:
-            counted = [
-                (
-                    found.requests,
-                    found.server_errors,
-                    np.asarray(found.latencies_ms),
-                    found.outcomes,
-                    found.correct,
-                )
-                for found in (
-                    self._variants.get((split.model, version, variant), VariantMetrics())
-                    for version, variant in (
-                        (split.stable_version, "stable"),
-                        (split.canary_version, "canary"),
-                    )
-                )
+            found = [
+                self._variants.get((split.model, version, variant), VariantMetrics())
+                for version, variant in pair
             ]
+            counts = [(m.requests, m.server_errors, m.outcomes, m.correct) for m in found]
+            epoch = (split.stable_version, split.canary_version)
+            started = self._epochs.get(split.model)
+            if started is None or started[0] != epoch:
+                started = self._epochs[split.model] = (epoch, counts)
+            latencies = [np.asarray(m.latencies_ms) for m in found]
+        # Percentiles after the lock (the request path takes it too).
         stable, canary = (
             VariantEvidence(
-                n, errors, float(np.percentile(ms, 99)) if ms.size else None, outcomes, correct
+                now[0] - then[0],
+                now[1] - then[1],
+                float(np.percentile(ms, 99)) if ms.size else None,
+                now[2] - then[2],
+                now[3] - then[3],
             )
-            for n, errors, ms, outcomes, correct in counted
+            for now, then, ms in zip(counts, started[1], latencies, strict=True)
         )
         return stable, canary
 

@@ -84,13 +84,19 @@ def test_predictions_and_outcomes_are_credited_to_the_variant_that_answered() ->
     assert report["comparison"]["prediction_mean"]["significant"] is True
 
 
-def test_evidence_for_the_rollback_policy_is_the_current_canary_only() -> None:
+def test_evidence_is_what_each_variant_did_since_the_canary_was_first_judged() -> None:
     metrics = ServingMetrics()
+    metrics.observe("fraud", 1, "stable", 500, 1.0)  # before the canary: not evidence
+    assert metrics.evidence(TrafficSplit("fraud", 1)) is None
+    stable, canary = metrics.evidence(SPLIT) or (None, None)
+    assert stable == VariantEvidence(0, 0, 1.0) and canary == VariantEvidence(0, 0, None)
     metrics.observe("fraud", 1, "stable", 200, 1.0)
     metrics.observe("fraud", 2, "canary", 500, 3.0)
-    assert metrics.evidence(TrafficSplit("fraud", 1)) is None
     stable, canary = metrics.evidence(SPLIT) or (None, None)
     assert stable == VariantEvidence(1, 0, 1.0) and canary == VariantEvidence(1, 1, 3.0)
     # A new canary starts from nothing: the old one's errors are not its own.
     _, fresh = metrics.evidence(TrafficSplit("fraud", 1, 4, 10)) or (None, None)
     assert fresh == VariantEvidence(0, 0, None)
+    # Nor does a version made canary again keep what it earned the first time.
+    _, again = metrics.evidence(SPLIT) or (None, None)
+    assert (again.requests, again.server_errors) == (0, 0)
