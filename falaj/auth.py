@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from falaj.errors import AuthError, PermissionDenied
 
@@ -70,11 +71,16 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class TokenStore:
-    """Token digests on disk, ``<home>/keys/tokens.json``."""
+class JwtVerifier(Protocol):
+    def principal(self, token: str) -> Principal: ...
 
-    def __init__(self, path: Path) -> None:
+
+class TokenStore:
+    """Token digests on disk, ``<home>/keys/tokens.json``; with ``jwt``, OIDC JWTs too."""
+
+    def __init__(self, path: Path, *, jwt: JwtVerifier | None = None) -> None:
         self.path = path
+        self.jwt = jwt
         # Every request authenticates: re-read the file only when it changed.
         self._cache: tuple[int, dict[str, dict[str, str]]] | None = None
 
@@ -108,7 +114,11 @@ class TokenStore:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("expected 'Authorization: Bearer <token>', got another scheme")
-        wanted = _digest(token.strip())
+        token = token.strip()
+        # A JWT is three base64url parts; a token 'falaj up' issued has no dot.
+        if self.jwt is not None and token.count(".") == 2:
+            return self.jwt.principal(token)
+        wanted = _digest(token)
         for known, who in self._load().items():
             if hmac.compare_digest(known, wanted):
                 return Principal(subject=who["subject"], role=Role(who["role"]))

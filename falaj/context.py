@@ -12,6 +12,8 @@ from pathlib import Path
 
 from falaj.audit import AuditLog
 from falaj.auth import TokenStore
+from falaj.errors import ConfigError
+from falaj.oidc import OidcConfig, OidcVerifier
 from falaj.residency import ResidencyPolicy
 from falaj.settings import Settings
 
@@ -90,6 +92,25 @@ class Paths:
         return self.keys / "tokens.json"
 
 
+def oidc_verifier(settings: Settings) -> OidcVerifier | None:
+    """The OIDC verifier the settings configure, or None (local tokens only)."""
+    if settings.oidc_issuer is None:
+        return None
+    if settings.oidc_audience is None:
+        raise ConfigError("FALAJ_OIDC_ISSUER is set without FALAJ_OIDC_AUDIENCE; set both")
+    return OidcVerifier(
+        OidcConfig(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            role_claim=settings.oidc_role_claim,
+            role_map=dict(settings.oidc_role_map),
+            leeway_s=settings.oidc_leeway_s,
+            key_refresh_s=settings.oidc_key_refresh_s,
+        )
+    )
+
+
 @dataclass(frozen=True)
 class Context:
     settings: Settings
@@ -115,6 +136,6 @@ class Context:
             paths=paths,
             audit=audit,
             policy=policy,
-            tokens=TokenStore(paths.tokens),
+            tokens=TokenStore(paths.tokens, jwt=oidc_verifier(settings)),
             actor=actor,
         )

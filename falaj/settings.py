@@ -222,6 +222,37 @@ class Settings(BaseModel):
         gt=0,
         description="how often the training launcher asks Ray about the jobs it started",
     )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="the identity provider whose JWTs every endpoint accepts beside local "
+        "tokens (its iss claim, e.g. https://login.example.ae/realms/falaj); unset, local "
+        "tokens only",
+    )
+    oidc_audience: str | None = Field(
+        default=None, description="the aud claim a JWT must carry (this platform's client id)"
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None,
+        description="where the issuer publishes its keys; unset, found through its "
+        "/.well-known/openid-configuration",
+    )
+    oidc_role_claim: str = Field(
+        default="roles", description="the JWT claim (string or list) that names the caller's role"
+    )
+    oidc_role_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="identity-provider group -> Falaj role (GROUP=ROLE[,GROUP=ROLE]); empty, "
+        "the claim holds Falaj role names",
+    )
+    oidc_leeway_s: float = Field(
+        default=60.0, ge=0, le=600, description="clock skew allowed on exp, nbf and iat"
+    )
+    oidc_key_refresh_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="the least time between two fetches of the issuer's keys for a key id "
+        "not cached (a rotation is picked up; made-up key ids do not flood the issuer)",
+    )
     manifests_dir: Path = PROJECT_ROOT / "manifests" / "base"
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
     records_dataset: str | None = Field(
@@ -456,7 +487,11 @@ def _default_drift_thresholds() -> dict[str, float]:
 #: Settings that were replaced, and what replaces them.
 _RENAMED = {"drift_psi_threshold": "FALAJ_DRIFT_THRESHOLDS=psi=<value>[,...]"}
 #: Settings written as KEY=VALUE[,KEY=VALUE], and what their keys are.
-_PAIR_SETTINGS = {"storage_regions": "PREFIX=REGION", "drift_thresholds": "STATISTIC=VALUE"}
+_PAIR_SETTINGS = {
+    "storage_regions": "PREFIX=REGION",
+    "drift_thresholds": "STATISTIC=VALUE",
+    "oidc_role_map": "GROUP=ROLE",
+}
 
 
 def _parse_env_value(field: str, raw: str) -> Any:
