@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -245,6 +247,55 @@ def audit_show(
             f"{entry['seq']:>5} {entry['time'][:19]} {entry['action']:<22} {entry['outcome']:<8}"
             f" {entry['actor']:<18} {entry['resource']}"
         )
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="a JSON Lines file; left out, stdout")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="entries at or after this ISO 8601 time, e.g. 2026-11-24")
+    ] = None,
+    action: Annotated[
+        str | None, typer.Option(help="entries whose action starts with this, e.g. model.")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Write the audit log as JSON Lines for a SIEM, after checking its hash chain.
+
+    Each line is the entry as stored, hashes included, so the receiver can check
+    the chain again. A log that does not verify is not exported: what it holds
+    cannot be vouched for.
+    """
+    log = AuditLog(Paths(settings_for(home).resolved_home).audit)
+    try:
+        report = log.verify()
+    except AuditTampered as exc:
+        raise fail(f"audit log tampered, not exported: {exc}") from None
+    if since is not None:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            raise fail(
+                f"--since: expected an ISO 8601 time such as 2026-11-24, got {since!r}"
+            ) from None
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    chosen = [
+        entry
+        for entry in log.entries()
+        if (since is None or datetime.fromisoformat(entry["time"]) >= start)
+        and (action is None or str(entry["action"]).startswith(action))
+    ]
+    lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in chosen)
+    if output is None:
+        sys.stdout.write(lines)
+        return
+    output.write_text(lines)
+    err_console.print(
+        f"exported {len(chosen)} of {report.entries} entries (chain verified, head "
+        f"{report.head_hash[:16]}) to {output}"
+    )
 
 
 @features_app.command("check")
@@ -546,6 +597,75 @@ def models_lineage(
     console.print(f"[bold]{model}[/bold] version {found.version} (sha256 {found.digest[:16]})")
     for key, value in lineage.items():
         console.print(f"  [bold]{key}[/bold]: {json.dumps(value, default=str)}")
+
+
+#: Audit actions that say who moved a version through its life.
+VERSION_STEPS = (
+    "model.registered",
+    "model.signed",
+    "model.deployed",
+    "model.canary",
+    "model.promoted",
+    "model.rolled_back",
+    "model.shadow",
+    "model.refused",
+)
+
+
+@app.command("lineage")
+def lineage(
+    model: ModelArgument,
+    version: Annotated[str, typer.Argument(help="a version number or an alias")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Which data, features, code and job made a version, and who moved it when."""
+    found, _ = _found(home, model, version)
+    resource = f"model/{model}/{found.version}"
+    log = AuditLog(Paths(settings_for(home).resolved_home).audit)
+    history = [
+        {
+            "time": entry["time"],
+            "action": entry["action"],
+            "outcome": entry["outcome"],
+            "actor": entry["actor"],
+            "role": entry["role"],
+            "reason": (entry.get("details") or {}).get("reason"),
+        }
+        for entry in log.entries()
+        if entry["resource"] == resource and entry["action"] in VERSION_STEPS
+    ]
+    record = {
+        "model": model,
+        "version": found.version,
+        "sha256": found.digest,
+        "features": list(found.feature_names),
+        "metrics": dict(found.metrics),
+        "lineage": dict(found.lineage),
+        "history": history,
+    }
+    if as_json:
+        console.print_json(json.dumps(record, default=str))
+        return
+    console.print(f"[bold]{model}[/bold] version {found.version} (sha256 {found.digest[:16]})")
+    console.print(f"  [bold]features[/bold]: {', '.join(found.feature_names)}")
+    for key, value in found.lineage.items():
+        console.print(f"  [bold]{key}[/bold]: {json.dumps(value, default=str)}")
+    from rich.table import Table
+
+    table = Table(title="history (audit log)", title_justify="left")
+    for column in ("time", "action", "outcome", "by", "role", "why"):
+        table.add_column(column)
+    for step in history:
+        table.add_row(
+            str(step["time"])[:19],
+            str(step["action"]),
+            str(step["outcome"]),
+            str(step["actor"]),
+            str(step["role"]),
+            str(step["reason"] or ""),
+        )
+    console.print(table)
 
 
 # -- training runs -------------------------------------------------------------------
