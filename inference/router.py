@@ -546,6 +546,10 @@ class Router:
         return JSONResponse({"ready": True})
 
     async def metrics(self, request: Request) -> Response:
+        # Prometheus scrapes with a bearer token (its bearer_token_file) like any caller.
+        denied = self.authorize(request, Action.READ)
+        if denied is not None:
+            return denied
         stats = self.payloads.stats
         lines = [
             "# TYPE falaj_payload_log_events_total counter",

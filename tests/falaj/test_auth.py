@@ -45,3 +45,19 @@ def test_viewer_cannot_deploy_but_admin_can(tmp_path: Path) -> None:
     with pytest.raises(PermissionDenied):
         viewer.require(Action.DEPLOY)
     admin.require(Action.DEPLOY)
+
+
+def test_the_readme_access_table_is_the_permissions_the_code_enforces() -> None:
+    from falaj.settings import PROJECT_ROOT
+
+    lines = (PROJECT_ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("| role |"))
+    header = [cell.strip().strip("`") for cell in lines[start].strip().strip("|").split("|")]
+    table: dict[str, set[str]] = {}
+    for line in lines[start + 2 :]:
+        if not line.strip().startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        table[cells[0].strip("`")] = {a for a, c in zip(header[1:], cells[1:], strict=True) if c}
+    assert header[1:] == [str(a) for a in Action]
+    assert table == {str(r): {str(a) for a in actions} for r, actions in PERMISSIONS.items()}

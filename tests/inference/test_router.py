@@ -700,3 +700,38 @@ def test_triton_binary_tensors_through_the_router_are_answered_and_logged(
     assert logged.inference_id == "bin-1"
     assert logged.inputs["amount"] == pytest.approx(rows[:, 0].tolist())
     assert logged.outputs == pytest.approx(reference(WEIGHTS_V1, rows).tolist(), rel=1e-5)
+
+
+def test_every_role_gets_what_the_access_table_gives_it_and_no_more(
+    ctx: Context, router: RunningRouter
+) -> None:
+    """Each (role, endpoint) cell: 403 where the role lacks the action, else past the check
+    (404: no model is served here, which only an authorized caller may learn)."""
+    from falaj.auth import PERMISSIONS, Action
+
+    cells = {
+        ("POST", "/v2/models/nope/infer", Action.PREDICT),
+        ("POST", "/v1/models/nope:predict", Action.PREDICT),
+        ("POST", "/v2/models/nope/outcomes", Action.PREDICT),
+        ("GET", "/v2/models/nope", Action.READ),
+        ("GET", "/v2/models/nope/ready", Action.READ),
+        ("GET", "/v2/models/nope/ab", Action.READ),
+        ("GET", "/metrics", Action.READ),
+    }
+    seen: dict[tuple[str, str, str], int] = {}
+    expected: dict[tuple[str, str, str], int] = {}
+    with httpx.Client(base_url=router.url, timeout=10) as client:
+        for role in Role:
+            token = ctx.tokens.issue(f"someone-{role}", role)
+            for method, path, action in cells:
+                response = client.request(
+                    method, path, json={}, headers={"Authorization": f"Bearer {token}"}
+                )
+                seen[(str(role), method, path)] = response.status_code
+                allowed_status = 200 if path == "/metrics" else 404
+                expected[(str(role), method, path)] = (
+                    allowed_status if action in PERMISSIONS[role] else 403
+                )
+        for method, path, _ in cells:
+            assert client.request(method, path, json={}).status_code == 401
+    assert seen == expected
