@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -41,7 +42,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, ray_head: str) -> dict[st
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     report = json.loads(completed.stdout[completed.stdout.index("{\n") :])
-    return {"report": report, "ports": ports, "home": workdir / ".falaj" / "demo"}
+    return {
+        "report": report,
+        "ports": ports,
+        "home": workdir / ".falaj" / "demo",
+        "output": completed.stdout + completed.stderr,
+    }
 
 
 def test_two_versions_were_trained_and_registered(demo_run: dict) -> None:
@@ -129,3 +135,45 @@ def test_nothing_is_left_running(demo_run: dict) -> None:
     for port in demo_run["ports"].values():
         assert not port_open("127.0.0.1", int(port))
     assert not (demo_run["home"] / "run" / "platform.json").exists()
+
+
+def _secrets(keys: Path) -> dict[str, bytes]:
+    """Every secret the demo's platform held, in each form it could leak in."""
+    found: dict[str, bytes] = {}
+    for path in sorted(keys.iterdir()):
+        raw = path.read_bytes()
+        if path.suffix == ".token":
+            found[path.name] = raw.strip()
+        elif path.suffix == ".pem" and b"PRIVATE" in raw:
+            body = b"".join(line for line in raw.splitlines() if not line.startswith(b"-----"))
+            found[path.name] = body[20:80]  # a stretch of the key's base64 no other text holds
+        elif path.suffix == ".bin":
+            found[path.name] = raw
+            found[path.name + " (hex)"] = raw.hex().encode()
+            found[path.name + " (base64)"] = base64.b64encode(raw).rstrip(b"=")
+        elif path.suffix == ".env":
+            for line in raw.splitlines():
+                if b"=" in line:
+                    found[f"{path.name}:{line.split(b'=')[0].decode()}"] = line.split(b"=", 1)[1]
+    return found
+
+
+def test_no_secret_reaches_a_log_an_event_the_audit_log_or_the_output(demo_run: dict) -> None:
+    home: Path = demo_run["home"]
+    secrets = _secrets(home / "keys")
+    assert any(name.endswith(".token") for name in secrets), sorted(secrets)
+    assert any(name.startswith("artifact-kek.bin") for name in secrets), sorted(secrets)
+    places = {"demo output": demo_run["output"].encode()}
+    for path in home.rglob("*"):
+        # The keys folder holds them by design; everything else is logs, events
+        # (the broker's store), the audit log, state, models and data.
+        if path.is_file() and "keys" not in path.relative_to(home).parts:
+            places[str(path.relative_to(home))] = path.read_bytes()
+    assert len(places) > 20, sorted(places)
+    leaks = [
+        f"{name} in {where}"
+        for name, secret in secrets.items()
+        for where, content in places.items()
+        if secret and secret in content
+    ]
+    assert leaks == []
