@@ -65,6 +65,10 @@ train_app = typer.Typer(
 app.add_typer(train_app, name="train")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(drift_app, name="drift")
+policy_app = typer.Typer(
+    help="The residency policy, checked before anything runs.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
 
 
 @app.command()
@@ -296,6 +300,57 @@ def audit_export(
         f"exported {len(chosen)} of {report.entries} entries (chain verified, head "
         f"{report.head_hash[:16]}) to {output}"
     )
+
+
+@policy_app.command("check")
+def policy_check(
+    manifests: Annotated[
+        Path | None, typer.Option(help="the manifests to read; default FALAJ_MANIFESTS_DIR")
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List every destination the manifests and settings name; exit 1 if any leaves the region."""
+    from rich.table import Table
+
+    from falaj.policy_check import check, configured_destinations, manifest_destinations
+    from falaj.residency import ResidencyPolicy
+
+    settings = settings_for(home)
+    policy = ResidencyPolicy(
+        allowed_regions=frozenset(settings.allowed_regions),
+        local_region=settings.region,
+        storage_regions=dict(settings.storage_regions),
+    )
+    folder = manifests or settings.manifests_dir
+    if not folder.is_dir():
+        raise fail(f"no manifests folder at {folder}; pass --manifests DIR")
+    verdicts = check(policy, [*manifest_destinations(folder), *configured_destinations(settings)])
+    leaving = [v for v in verdicts if not v.allowed]
+    if as_json:
+        console.print_json(json.dumps([v.to_json() for v in verdicts]))
+    else:
+        table = Table(title=f"destinations (allowed: {', '.join(settings.allowed_regions)})")
+        for column in ("named in", "destination", "region", "verdict"):
+            table.add_column(column)
+        for v in verdicts:
+            table.add_row(
+                v.source,
+                v.location,
+                v.region or "unknown",
+                "in region" if v.allowed else "[red]LEAVES THE REGION[/red]",
+            )
+        console.print(table)
+        console.print(
+            f"{len(leaving)} of {len(verdicts)} destinations outside the allowed regions"
+            + (
+                ""
+                if not leaving
+                else "; declare their region in FALAJ_STORAGE_REGIONS or move them"
+            )
+        )
+    if leaving:
+        raise typer.Exit(1)
 
 
 @features_app.command("check")
