@@ -18,7 +18,7 @@ BENTOML_STAMP := $(BENTOML_VENV)/.installed
 EVIDENTLY_VENV := .venv-evidently
 EVIDENTLY_STAMP := $(EVIDENTLY_VENV)/.installed
 
-.PHONY: demo test bench lint typecheck up down clean
+.PHONY: demo test bench fuzz lint typecheck up down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The hostile-input properties with many more cases than `make test` runs.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	FALAJ_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:randomly \
+		tests/eventing/test_ingress_properties.py tests/falaj/test_auth_properties.py \
+		tests/inference/test_payload_properties.py
 
 bench: $(BENCH_STAMP) $(BENTOML_STAMP) $(EVIDENTLY_STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)

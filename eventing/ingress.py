@@ -59,7 +59,10 @@ def events_from_http(headers: Mapping[str, str], body: bytes) -> list[CloudEvent
         return [binary]
     try:
         return [from_http(lowered, body)]
-    except GenericException as exc:
+    # The SDK decodes a structured body itself, and lets through what its own
+    # exceptions do not cover: bytes that are no JSON text (ValueError: not
+    # UTF-8, not JSON, trailing data), JSON that is no object (AttributeError).
+    except (GenericException, ValueError, AttributeError, TypeError) as exc:
         raise EventError(
             "the request is not a CloudEvent: send binary mode (ce-* headers), structured "
             f"mode ({STRUCTURED_CONTENT_TYPE}) or a batch ({BATCH_CONTENT_TYPE})",

@@ -90,15 +90,22 @@ def decode(prediction: Prediction, features: tuple[str, ...]) -> InferenceLogged
     except ValueError:
         raise InvalidPayload("the request or response is neither JSON nor binary V2") from None
     matrix: Matrix
-    if prediction.protocol is Protocol.V1:
-        matrix = matrix_from_instances(request.get("instances"), features)
-        outputs = [float(v) for v in np.asarray(response["predictions"]).reshape(-1)]
-    else:
-        matrix = matrix_from_tensors(
-            [tensor_from_json(raw) for raw in request.get("inputs") or []], features
-        )
-        (output,) = [o for o in response["outputs"] if o.get("name") == OUTPUT_NAME]
-        outputs = [float(v) for v in np.asarray(output["data"]).reshape(-1)]
+    try:
+        if prediction.protocol is Protocol.V1:
+            matrix = matrix_from_instances(request.get("instances"), features)
+            outputs = [float(v) for v in np.asarray(response["predictions"]).reshape(-1)]
+        else:
+            matrix = matrix_from_tensors(
+                [tensor_from_json(raw) for raw in request.get("inputs") or []], features
+            )
+            (output,) = [o for o in response["outputs"] if o.get("name") == OUTPUT_NAME]
+            outputs = [float(v) for v in np.asarray(output["data"]).reshape(-1)]
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        # The predictor answered 2xx, so this is a body no KServe client sends.
+        raise InvalidPayload(
+            f"expected a {prediction.protocol} request with {', '.join(features)} and its "
+            f"answer; got another shape ({type(exc).__name__})"
+        ) from None
     return InferenceLogged(
         inference_id=prediction.inference_id or str(uuid.uuid4()),
         model=prediction.model,
