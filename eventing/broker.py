@@ -62,6 +62,7 @@ from falaj.context import Context
 from falaj.errors import AuthError, EventError, FalajError, PermissionDenied, ResidencyViolation
 from falaj.events import REGION_EXTENSION
 from falaj.logs import configure_logging, get_logger
+from falaj.residency import ResidencyPolicy
 from falaj.settings import ENV_PREFIX, Settings
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -96,6 +97,7 @@ class Broker:
     ) -> None:
         self.ctx = ctx
         self.config = config
+        check_destinations(ctx.policy, topology)
         self.queue = EventQueue(config.db_path)
         self.triggers = topology.triggers_of(config.name)
         self.ingress = Ingress(self.queue, ctx.policy, self.triggers)
@@ -263,6 +265,28 @@ def parse_limit(raw: str | None) -> int:
 
 def _bad_request(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=400)
+
+
+def check_destinations(policy: ResidencyPolicy, topology: EventingTopology) -> None:
+    """Refuse a topology that sends events out of region: before one is accepted, not after.
+
+    Every absolute subscriber URI and dead-letter sink (a Broker's or a
+    Trigger's) is a boundary (``Boundary.SINK``); a Service ref is in-cluster.
+    """
+    named: list[tuple[str, str]] = []
+    for broker in topology.brokers.values():
+        named.append(
+            (f"Broker/{broker.name} deadLetterSink", broker.delivery.dead_letter_sink or "")
+        )
+    for trigger in topology.triggers:
+        named.append((f"Trigger/{trigger.name} subscriber", trigger.subscriber_uri or ""))
+        if trigger.delivery is not None:
+            named.append(
+                (f"Trigger/{trigger.name} deadLetterSink", trigger.delivery.dead_letter_sink or "")
+            )
+    for resource, url in named:
+        if "://" in url:
+            policy.check_destination(url, resource=resource)
 
 
 def build_app(broker: Broker) -> ASGIApp:

@@ -16,11 +16,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from falaj.residency import ResidencyPolicy
+from falaj.residency import ResidencyPolicy, without_credentials
 from falaj.settings import Settings
 
 #: Manifest keys whose value is somewhere data is sent or read from.
@@ -49,7 +48,9 @@ def check(policy: ResidencyPolicy, named: Iterable[tuple[str, str]]) -> list[Des
     """The verdict on each (source, location)."""
     verdicts = []
     for source, location in named:
-        region = policy.local_region if _in_cluster(location) else policy.region_of(location)
+        region = (
+            policy.destination_region(location) if "://" in location else policy.region_of(location)
+        )
         verdicts.append(
             Destination(
                 source=source,
@@ -95,12 +96,7 @@ def configured_destinations(settings: Settings) -> list[tuple[str, str]]:
 
 def redact(location: str) -> str:
     """The location without the user and password a URL may carry."""
-    parts = urlsplit(location)
-    if parts.password is None and parts.username is None:
-        return location
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return without_credentials(location)
 
 
 def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -119,9 +115,3 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
 def _absolute(value: str) -> bool:
     # A relative uri ("/v2/...") is a path on a ref'd in-cluster service.
     return "://" in value
-
-
-def _in_cluster(location: str) -> bool:
-    """An address that resolves inside the cluster: in the cluster's own region."""
-    host = urlsplit(location).hostname or ""
-    return host.endswith((".svc", ".svc.cluster.local")) or ("." not in host and host != "")

@@ -87,6 +87,28 @@ class ResidencyPolicy:
     def check_location(self, location: str, *, boundary: Boundary = Boundary.STORAGE_WRITE) -> None:
         self.check_region(self.region_of(location), resource=location, boundary=boundary)
 
+    def destination_region(self, url: str) -> str | None:
+        """The region of a URL events or payloads are sent to.
+
+        This machine (loopback) and the cluster itself (a ``*.svc`` host, a bare
+        service name) are where this process runs; anything else has the region
+        ``FALAJ_STORAGE_REGIONS`` declares for it, or none.
+        """
+        host = urlparse(url).hostname or ""
+        in_cluster = host.endswith((".svc", ".svc.cluster.local")) or (host and "." not in host)
+        if _is_loopback(host) or in_cluster:
+            return self.local_region
+        # Declared prefixes name the place, not who logs in there.
+        return self.region_of(without_credentials(url, mask=""))
+
+    def check_destination(self, url: str, *, resource: str) -> None:
+        """Refuse (and audit) sending to ``url``: a sink, a subscriber, a logger."""
+        self.check_region(
+            self.destination_region(url),
+            resource=f"{resource} -> {without_credentials(url)}",
+            boundary=Boundary.SINK,
+        )
+
 
 def _covers(prefix: str, location: str) -> bool:
     """True when a declared prefix covers a location.
@@ -108,6 +130,15 @@ def _covers(prefix: str, location: str) -> bool:
             any_port = False
         return any_port and found.hostname == declared.hostname
     return True
+
+
+def without_credentials(url: str, *, mask: str = "***@") -> str:
+    """``url`` with its user and password replaced by ``mask`` (never shown, never matched)."""
+    parsed = urlparse(url)
+    if parsed.username is None and parsed.password is None:
+        return url
+    netloc = mask + (parsed.hostname or "") + (f":{parsed.port}" if parsed.port else "")
+    return parsed._replace(netloc=netloc).geturl()
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
+import pytest
 from cloudevents.conversion import to_binary
 
 from falaj.auth import PERMISSIONS, Action, Role
@@ -39,3 +42,47 @@ def test_each_role_may_publish_list_and_replay_as_the_table_says(
     assert seen == expected
     refused = [e for e in ctx.audit.entries() if e["action"] == "auth.refused"]
     assert len(refused) == sum(1 for status in seen.values() if status == 403)
+
+
+def test_a_topology_that_sends_out_of_region_is_refused_before_the_broker_starts(
+    ctx: Context, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from eventing.broker import check_destinations
+    from eventing.topology_io import EventingTopology
+    from falaj.errors import ResidencyViolation
+    from falaj.topology import BrokerSpec, DeliverySpec, TriggerSpec
+
+    policy = replace(ctx.policy, storage_regions={"https://collector.example.eu": "eu-west-1"})
+    local = TriggerSpec(
+        name="local", broker="default", subscriber="x", subscriber_uri="http://127.0.0.1:9/"
+    )
+    in_cluster = TriggerSpec(
+        name="svc",
+        broker="default",
+        subscriber="x",
+        subscriber_uri="http://drift.falaj.svc.cluster.local/",
+        delivery=DeliverySpec(dead_letter_sink="dead-letters"),
+    )
+    brokers = {"default": BrokerSpec(name="default")}
+    check_destinations(policy, EventingTopology(brokers=brokers, triggers=(local, in_cluster)))
+
+    foreign = TriggerSpec(
+        name="to-eu",
+        broker="default",
+        subscriber="x",
+        delivery=DeliverySpec(dead_letter_sink="https://user:pw@collector.example.eu/dlq"),
+    )
+    with pytest.raises(ResidencyViolation) as refused:
+        check_destinations(policy, EventingTopology(brokers=brokers, triggers=(foreign,)))
+    message = str(refused.value)
+    assert "sink: Trigger/to-eu deadLetterSink -> https://***@collector.example.eu/dlq" in message
+    assert "region 'eu-west-1', outside the allowed regions" in message and "pw" not in message
+    [entry] = [e for e in ctx.audit.entries() if e["action"] == "policy.refused"]
+    assert entry["details"]["boundary"] == "sink" and entry["region"] == "eu-west-1"
+    unknown = BrokerSpec(
+        name="default", delivery=DeliverySpec(dead_letter_sink="https://sink.example.com/")
+    )
+    with pytest.raises(ResidencyViolation, match="has no known region"):
+        check_destinations(policy, EventingTopology(brokers={"default": unknown}, triggers=()))
