@@ -47,6 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from falaj.audit import Outcome
 from falaj.auth import Action
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
@@ -159,11 +160,27 @@ class Router:
     # -- checks ----------------------------------------------------------------------
 
     def authorize(self, request: Request, action: Action) -> JSONResponse | None:
+        principal = None
         try:
             principal = self.ctx.tokens.authenticate(request.headers.get("authorization"))
             principal.require(action)
         except AuthError as exc:
-            return error(int(exc.status), str(exc))
+            # Audited like the broker's refusals: a login failure or a role that
+            # may not, with the caller when known. Refusals only: the hot path
+            # of an allowed request writes nothing.
+            self.ctx.audit.record(
+                "auth.refused",
+                actor=principal.subject if principal else "unknown",
+                role=str(principal.role) if principal else "none",
+                resource=f"router {request.method} {request.url.path}",
+                region=self.ctx.settings.region,
+                outcome=Outcome.REFUSED,
+                details={"reason": str(exc)},
+            )
+            response = error(int(exc.status), str(exc))
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = "Bearer"
+            return response
         return None
 
     def authorized_split(self, request: Request, action: Action) -> TrafficSplit | JSONResponse:

@@ -733,5 +733,11 @@ def test_every_role_gets_what_the_access_table_gives_it_and_no_more(
                     allowed_status if action in PERMISSIONS[role] else 403
                 )
         for method, path, _ in cells:
-            assert client.request(method, path, json={}).status_code == 401
+            anonymous = client.request(method, path, json={})
+            assert anonymous.status_code == 401
+            assert anonymous.headers["www-authenticate"] == "Bearer"
     assert seen == expected
+    # Every refusal is audited, with the caller where the token was good.
+    refused = [e for e in ctx.audit.entries() if e["action"] == "auth.refused"]
+    assert len(refused) == sum(1 for s in seen.values() if s == 403) + len(cells)
+    assert {e["actor"] for e in refused} >= {"someone-viewer", "unknown"}
