@@ -124,13 +124,7 @@ class Context:
     def create(cls, settings: Settings, *, actor: str) -> Context:
         paths = Paths(settings.resolved_home)
         audit = AuditLog(paths.audit)
-        policy = ResidencyPolicy(
-            allowed_regions=frozenset(settings.allowed_regions),
-            local_region=settings.region,
-            storage_regions=dict(settings.storage_regions),
-            audit=audit,
-            actor=actor,
-        )
+        policy = ResidencyPolicy.from_settings(settings, audit=audit, actor=actor)
         return cls(
             settings=settings,
             paths=paths,

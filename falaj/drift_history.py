@@ -220,10 +220,6 @@ class DriftHistory:
         )
         return [int(v) for (v,) in cursor]
 
-    def models(self) -> list[str]:
-        cursor = self.connection.execute("SELECT DISTINCT model FROM drift_windows ORDER BY model")
-        return [str(m) for (m,) in cursor]
-
     def close(self) -> None:
         self.connection.close()
 

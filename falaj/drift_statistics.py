@@ -63,6 +63,7 @@ from falaj.profile import (
     ColumnProfile,
     FeatureProfile,
     ReferenceProfile,
+    sorted_bin_shares,
 )
 
 #: Shares below this count as this, so an empty bin gives a large but finite PSI.
@@ -103,13 +104,8 @@ class Column:
                 counts = self.categories
                 self._shares = counts / counts.sum()
             elif self.ordered.size:
-                # Bins are right-closed: a bin's count is the values at or below its
-                # upper edge less those at or below its lower one. On the sorted
-                # values that is one binary search per edge, not one per value.
                 edges = np.asarray(self.reference.edges, dtype=np.float64)
-                below = np.searchsorted(self.ordered, edges, side="right")
-                counts = np.diff(np.concatenate(([0], below, [self.ordered.size])))
-                self._shares = counts / self.ordered.size
+                self._shares = sorted_bin_shares(edges, self.ordered)
             else:
                 self._shares = self.reference.shares(self._values)  # says what is missing
         return self._shares

@@ -54,7 +54,7 @@ def check(policy: ResidencyPolicy, named: Iterable[tuple[str, str]]) -> list[Des
         verdicts.append(
             Destination(
                 source=source,
-                location=redact(location),
+                location=without_credentials(location),
                 region=region,
                 allowed=region in policy.allowed_regions,
             )
@@ -92,11 +92,6 @@ def configured_destinations(settings: Settings) -> list[tuple[str, str]]:
     found = [(name, value) for name, value in named.items() if value]
     found += [(name, value.get_secret_value()) for name, value in secret.items() if value]
     return found
-
-
-def redact(location: str) -> str:
-    """The location without the user and password a URL may carry."""
-    return without_credentials(location)
 
 
 def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:

@@ -88,13 +88,10 @@ class FeatureProfile:
         # Ties collapse quantiles into fewer bins; a constant column keeps one
         # edge at its value, so a production value above it still counts as drift.
         edges = np.unique(values_at[: cuts.size])
-        # Bins are right-closed: the values up to edge i fill bins 0..i.
-        upto = np.searchsorted(finite, edges, side="right")
-        counts = np.diff(np.concatenate(([0], upto, [finite.size])))
         return cls(
             name=name,
             edges=tuple(float(e) for e in edges),
-            proportions=tuple(float(p) for p in counts / finite.size),
+            proportions=tuple(float(p) for p in sorted_bin_shares(edges, finite)),
             quantiles={
                 _quantile_key(q): float(v)
                 for q, v in zip(QUANTILES, values_at[cuts.size :], strict=True)
@@ -403,6 +400,20 @@ def _object_key(value: object) -> str:
 
 def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
+def sorted_bin_shares(
+    edges: npt.NDArray[np.float64], ordered: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """``_bin_shares`` of values already sorted: one binary search per edge, not per value.
+
+    Bins are right-closed, so the values at or below edge i fill bins 0..i.
+    """
+    upto = np.searchsorted(ordered, edges, side="right")
+    shares: npt.NDArray[np.float64] = np.diff(np.concatenate(([0], upto, [ordered.size]))) / (
+        ordered.size
+    )
+    return shares
 
 
 def _bin_shares(edges: npt.NDArray[np.float64], values: npt.NDArray[np.float64]) -> np.ndarray:

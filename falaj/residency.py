@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from falaj.audit import AuditLog, Outcome
 from falaj.errors import ResidencyViolation
+from falaj.settings import Settings
 
 LOCAL_SCHEMES = frozenset({"", "file"})
 #: Schemes whose authority is a server (host:port), not a bucket: Feast's online
@@ -40,6 +41,18 @@ class ResidencyPolicy:
     storage_regions: Mapping[str, str] = field(default_factory=dict)
     audit: AuditLog | None = None
     actor: str = "falaj"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, audit: AuditLog | None = None, actor: str = "falaj"
+    ) -> ResidencyPolicy:
+        return cls(
+            allowed_regions=frozenset(settings.allowed_regions),
+            local_region=settings.region,
+            storage_regions=dict(settings.storage_regions),
+            audit=audit,
+            actor=actor,
+        )
 
     def region_of(self, location: str) -> str | None:
         """The region a storage location lives in, or None when nobody declared it."""

@@ -317,11 +317,7 @@ def policy_check(
     from falaj.residency import ResidencyPolicy
 
     settings = settings_for(home)
-    policy = ResidencyPolicy(
-        allowed_regions=frozenset(settings.allowed_regions),
-        local_region=settings.region,
-        storage_regions=dict(settings.storage_regions),
-    )
+    policy = ResidencyPolicy.from_settings(settings)
     folder = manifests or settings.manifests_dir
     if not folder.is_dir():
         raise fail(f"no manifests folder at {folder}; pass --manifests DIR")

@@ -107,7 +107,7 @@ class WindowStore:
                     "DO UPDATE SET rows = rows + excluded.rows",
                     (model, version, block.shape[0], now),
                 )
-            state = self._state(model, version)
+            state = self.state(model, version)
         if added:
             key = (model, version)
             cached = self._cached.get(key)
@@ -124,22 +124,15 @@ class WindowStore:
         return state
 
     def state(self, model: str, version: int) -> WindowState:
-        return self._state(model, version)
-
-    def _state(self, model: str, version: int) -> WindowState:
         row = self._db.execute(
             "SELECT rows, opened_at FROM window_state WHERE model = ? AND version = ?",
             (model, version),
         ).fetchone()
         return WindowState(0, 0.0) if row is None else WindowState(int(row[0]), float(row[1]))
 
-    def open_windows(self) -> list[tuple[str, int]]:
-        cursor = self._db.execute("SELECT model, version FROM window_state WHERE rows > 0")
-        return [(str(m), int(v)) for m, v in cursor]
-
     def window(self, model: str, version: int) -> Window:
         cached = self._cached.get((model, version))
-        if cached is not None and cached.rows == self._state(model, version).rows:
+        if cached is not None and cached.rows == self.state(model, version).rows:
             return self._columns(cached.batches)
         cursor = self._db.execute(
             "SELECT names, inputs, predictions FROM window_batches "

@@ -8,8 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from falaj.cli.main import app
-from falaj.policy_check import check, manifest_destinations, redact
-from falaj.residency import ResidencyPolicy
+from falaj.policy_check import check, manifest_destinations
+from falaj.residency import ResidencyPolicy, without_credentials
 from falaj.settings import PROJECT_ROOT
 
 runner = CliRunner()
@@ -85,6 +85,9 @@ def test_the_cli_exits_1_on_a_leak_and_never_shows_a_password(tmp_path: Path) ->
     assert result.exit_code == 0 and "destinations outside the allowed regions" in result.output
 
 
-def test_redact_keeps_everything_but_the_credentials() -> None:
-    assert redact("redis://:s3cret@cache.local:6379/0") == "redis://***@cache.local:6379/0"
-    assert redact("https://example.ae/x") == "https://example.ae/x"
+def test_masking_keeps_everything_but_the_credentials() -> None:
+    assert (
+        without_credentials("redis://:s3cret@cache.local:6379/0")
+        == "redis://***@cache.local:6379/0"
+    )
+    assert without_credentials("https://example.ae/x") == "https://example.ae/x"
