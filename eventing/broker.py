@@ -59,11 +59,12 @@ from eventing.writer import QueueWriter
 from falaj.audit import Outcome
 from falaj.auth import Action, Principal
 from falaj.context import Context
-from falaj.errors import AuthError, EventError, FalajError, PermissionDenied, ResidencyViolation
+from falaj.errors import AuthError, EventError, FalajError, ResidencyViolation
 from falaj.events import REGION_EXTENSION
 from falaj.logs import configure_logging, get_logger
 from falaj.residency import ResidencyPolicy
 from falaj.settings import ENV_PREFIX, Settings
+from falaj.tls import uvicorn_options
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_BROKER = "default"
@@ -292,26 +293,15 @@ def check_destinations(policy: ResidencyPolicy, topology: EventingTopology) -> N
 def build_app(broker: Broker) -> ASGIApp:
     ctx = broker.ctx
 
-    def audit_refusal(request: Request, actor: str, role: str, reason: str) -> None:
-        ctx.audit.record(
-            "auth.refused",
-            actor=actor,
-            role=role,
-            resource=f"broker/{broker.config.name} {request.method} {request.url.path}",
-            region=ctx.settings.region,
-            outcome=Outcome.REFUSED,
-            details={"reason": reason},
-        )
-
     async def authorize(request: Request, action: Action) -> Principal:
-        # Inline, not in a thread: a digest and a cached lookup cost less than the hop.
-        principal = ctx.tokens.authenticate(request.headers.get("authorization"))
+        # Inline, not in a thread: a digest and a cached lookup cost less than the
+        # hop. A refusal is audited in a thread.
         try:
+            principal = ctx.tokens.authenticate(request.headers.get("authorization"))
             principal.require(action)
-        except PermissionDenied as exc:
-            await run_in_threadpool(
-                audit_refusal, request, principal.subject, str(principal.role), str(exc)
-            )
+        except AuthError as exc:
+            resource = f"broker/{broker.config.name} {request.method} {request.url.path}"
+            await run_in_threadpool(ctx.record_refusal, exc, resource=resource)
             raise
         return principal
 
@@ -414,9 +404,7 @@ def build_app(broker: Broker) -> ASGIApp:
         return JSONResponse({"status": "ready"})
 
     async def on_auth_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, AuthError)
-        if not isinstance(exc, PermissionDenied):  # audited in authorize, with the caller
-            await run_in_threadpool(audit_refusal, request, "unknown", "none", str(exc))
+        assert isinstance(exc, AuthError)  # audited in authorize
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": str(exc)}, status_code=int(exc.status), headers=headers)
 
@@ -521,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,
         # Requests in flight at SIGTERM get this long; then lifespan stops the dispatcher.
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
     # What start-up made lives as long as the process: keep the collector off it.
     gc.freeze()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class Dispatcher:
         endpoints: Endpoints,
         *,
         token: str | None,
+        verify: ssl.SSLContext | bool = True,
         on_reply: ReplyHandler,
         default_concurrency: int = DEFAULT_CONCURRENCY,
         window: int = DEFAULT_WINDOW,
@@ -169,6 +171,7 @@ class Dispatcher:
             for t in triggers
         }
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._verify = verify
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self._pumps: list[asyncio.Task[None]] = []
@@ -189,7 +192,7 @@ class Dispatcher:
             # Loopback and in-cluster subscribers: no cookies, no proxies from the
             # environment; a connection pool sized by the lanes' concurrency.
             cookie_jar=aiohttp.DummyCookieJar(),
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=self._verify),
             auto_decompress=False,
         )
         self._have_updates = asyncio.Event()

@@ -61,6 +61,7 @@ from falaj.context import Context
 from falaj.errors import FalajError
 from falaj.logs import configure_logging, get_logger
 from falaj.settings import PROJECT_ROOT, Settings
+from falaj.tls import client_verify
 from falaj.topology_files import topology_from_json, topology_json
 
 ALL_TRIGGERS = "*"
@@ -375,6 +376,7 @@ async def serve(config: DispatcherConfig, ctx: Context, control_fd: int, acks_fd
         triggers,
         Endpoints(config.endpoints, path=config.endpoints_path),
         token=ctx.settings.bearer_token(),
+        verify=client_verify(ctx.settings),
         on_reply=outbox.reply,
         default_concurrency=config.default_concurrency,
         window=config.window,

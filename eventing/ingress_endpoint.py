@@ -21,7 +21,7 @@ from eventing.ingress import Accepted, Ingress, events_from_http
 from falaj.audit import Outcome
 from falaj.auth import Action, Principal
 from falaj.context import Context
-from falaj.errors import AuthError, EventError, FalajError, PermissionDenied
+from falaj.errors import AuthError, EventError, FalajError
 from falaj.logs import get_logger
 
 Scope = MutableMapping[str, Any]
@@ -78,10 +78,12 @@ class IngressEndpoint:
 
     async def _answer(self, scope: Scope, headers: dict[str, str], receive: Receive) -> Answer:
         try:
-            principal = await self._authorize(scope, headers)
+            # Inline, not in a thread: a digest and a cached lookup cost less than the hop.
+            principal = self.ctx.tokens.authenticate(headers.get("authorization"))
+            principal.require(Action.PUBLISH_EVENT)
         except AuthError as exc:
-            if not isinstance(exc, PermissionDenied):  # audited in _authorize, with the caller
-                await run_in_threadpool(self._audit_refusal, scope, "unknown", "none", str(exc))
+            resource = f"broker/{self.broker} {scope['method']} {scope['path']}"
+            await run_in_threadpool(self.ctx.record_refusal, exc, resource=resource)
             extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
             return int(exc.status), {"error": str(exc)}, extra
         try:
@@ -102,18 +104,6 @@ class IngressEndpoint:
         except FalajError as exc:  # a residency refusal, audited by the policy
             return int(exc.status), {"error": str(exc)}, []
         return 202, {"accepted": list(stored.ids), "duplicates": list(stored.duplicates)}, []
-
-    async def _authorize(self, scope: Scope, headers: dict[str, str]) -> Principal:
-        # Inline, not in a thread: a digest and a cached lookup cost less than the hop.
-        principal = self.ctx.tokens.authenticate(headers.get("authorization"))
-        try:
-            principal.require(Action.PUBLISH_EVENT)
-        except PermissionDenied as exc:
-            await run_in_threadpool(
-                self._audit_refusal, scope, principal.subject, str(principal.role), str(exc)
-            )
-            raise
-        return principal
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         """The body, refused as soon as it is known to be over the limit."""
@@ -152,15 +142,4 @@ class IngressEndpoint:
             400,
             {"error": str(exc), "problems": exc.problems, "dead_letter": dead_letter},
             [],
-        )
-
-    def _audit_refusal(self, scope: Scope, actor: str, role: str, reason: str) -> None:
-        self.ctx.audit.record(
-            "auth.refused",
-            actor=actor,
-            role=role,
-            resource=f"broker/{self.broker} {scope['method']} {scope['path']}",
-            region=self.ctx.settings.region,
-            outcome=Outcome.REFUSED,
-            details={"reason": reason},
         )

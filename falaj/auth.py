@@ -63,7 +63,9 @@ class Principal:
         if action not in PERMISSIONS[self.role]:
             raise PermissionDenied(
                 f"{self.subject} ({self.role}) may not {action}; roles that may: "
-                + ", ".join(r for r, acts in PERMISSIONS.items() if action in acts)
+                + ", ".join(r for r, acts in PERMISSIONS.items() if action in acts),
+                subject=self.subject,
+                role=str(self.role),
             )
 
 

@@ -6,6 +6,7 @@ would, over HTTP with a bearer token.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import httpx
 from falaj.closeable import Closeable
 from falaj.errors import FalajError
 from falaj.events import EventType
+from falaj.settings import Settings
+from falaj.tls import client_verify
 
 POLL_INTERVAL_S = 0.25
 
@@ -30,10 +33,29 @@ class Prediction:
 
 
 class PlatformClient(Closeable):
-    def __init__(self, *, broker_url: str, router_url: str, token: str) -> None:
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        router_url: str,
+        token: str,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.router_url = router_url.rstrip("/")
-        self._http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {token}"})
+        self._http = httpx.Client(
+            timeout=30.0, headers={"Authorization": f"Bearer {token}"}, verify=verify
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, token: str) -> PlatformClient:
+        """A client of the platform these settings describe (its URLs, its TLS trust)."""
+        return cls(
+            broker_url=settings.broker_ingress,
+            router_url=settings.router_url,
+            token=token,
+            verify=client_verify(settings),
+        )
 
     # -- events ----------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 A ``Context`` is built once in a process's ``main()`` from its ``Settings`` and
 passed down: paths under ``.falaj/``, the audit log, the residency policy and
-the token store.
+the token store. ``admit`` is the one gate every endpoint of every process
+passes a caller through.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from falaj.audit import AuditLog
-from falaj.auth import TokenStore
-from falaj.errors import ConfigError
+from falaj.audit import AuditLog, Outcome
+from falaj.auth import Action, Principal, TokenStore
+from falaj.errors import AuthError, ConfigError, PermissionDenied
 from falaj.oidc import OidcConfig, OidcVerifier
 from falaj.residency import ResidencyPolicy
 from falaj.settings import Settings
@@ -132,4 +133,38 @@ class Context:
             policy=policy,
             tokens=TokenStore(paths.tokens, jwt=oidc_verifier(settings)),
             actor=actor,
+        )
+
+    def admit(self, authorization: str | None, action: Action, *, resource: str) -> Principal:
+        """The caller behind an ``Authorization`` header, if its role may ``action``.
+
+        Otherwise the ``AuthError`` (401 no or unknown token, 403 a role that may
+        not) is audited by ``record_refusal`` and raised. An allowed request
+        writes nothing: the hot path stays a digest and a cached lookup.
+        """
+        try:
+            principal = self.tokens.authenticate(authorization)
+            principal.require(action)
+        except AuthError as exc:
+            self.record_refusal(exc, resource=resource)
+            raise
+        return principal
+
+    def record_refusal(self, exc: AuthError, *, resource: str) -> None:
+        """Audit a refused caller (``auth.refused``): a login failure, or a role that may not.
+
+        Async endpoints authenticate inline and call this in a thread, so a
+        flood of bad tokens never blocks their event loop on the audit file.
+        """
+        actor, role = (
+            (exc.subject, exc.role) if isinstance(exc, PermissionDenied) else ("unknown", "none")
+        )
+        self.audit.record(
+            "auth.refused",
+            actor=actor,
+            role=role,
+            resource=resource,
+            region=self.settings.region,
+            outcome=Outcome.REFUSED,
+            details={"reason": str(exc)},
         )

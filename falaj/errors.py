@@ -89,6 +89,12 @@ class PermissionDenied(AuthError):
 
     status = HTTPStatus.FORBIDDEN
 
+    def __init__(self, message: str, *, subject: str = "unknown", role: str = "none") -> None:
+        super().__init__(message)
+        #: Who was refused: the audit entry names the caller when it is known.
+        self.subject = subject
+        self.role = role
+
 
 class AuditError(FalajError):
     """Raised when the audit log cannot be written or read."""

@@ -24,7 +24,6 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from falaj.audit import Outcome
 from falaj.auth import Action
 from falaj.context import Context
 from falaj.errors import AuthError, EventError, FalajError, ResidencyViolation
@@ -55,7 +54,7 @@ class CloudEventFunction(ABC):
 
     def start(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._publisher = EventPublisher(ctx.settings.broker_ingress, ctx.settings.bearer_token())
+        self._publisher = EventPublisher.from_settings(ctx.settings)
         self.on_start()
 
     def on_start(self) -> None:
@@ -91,8 +90,9 @@ class FunctionRuntime:
 
     def __call__(self, event: CloudEvent, authorization: str | None) -> tuple[int, dict[str, Any]]:
         try:
-            principal = self.ctx.tokens.authenticate(authorization)
-            principal.require(Action.PUBLISH_EVENT)
+            self.ctx.admit(
+                authorization, Action.PUBLISH_EVENT, resource=f"function/{self.function.name}"
+            )
             parsed = parse_event(event, self.ctx.policy)
             if parsed.type not in self.function.accepts:
                 raise EventError(
@@ -106,15 +106,7 @@ class FunctionRuntime:
                     return 200, {"status": "duplicate", "id": parsed.id}
                 self.function.handle(parsed)
             return 200, {"status": "handled", "id": parsed.id}
-        except AuthError as exc:
-            self.ctx.audit.record(
-                "auth.refused",
-                actor="unknown",
-                resource=f"function/{self.function.name}",
-                region=self.ctx.settings.region,
-                outcome=Outcome.REFUSED,
-                details={"reason": str(exc)},
-            )
+        except AuthError as exc:  # audited by admit
             return int(exc.status), {"error": str(exc)}
         except ResidencyViolation as exc:
             return int(exc.status), {"error": str(exc)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from cloudevents.http import CloudEvent
 
 from falaj.closeable import Closeable
 from falaj.errors import PublishError
+from falaj.settings import Settings
+from falaj.tls import client_verify
 
 #: CloudEvents' batched content mode (HTTP binding, section 3.3).
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
@@ -33,10 +36,27 @@ class Receipt:
 class EventPublisher(Closeable):
     """Posts CloudEvents in binary mode to the broker, with this process's token."""
 
-    def __init__(self, broker_url: str, token: str | None, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        token: str | None,
+        *,
+        timeout_s: float = 10.0,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.broker_url = broker_url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+        self._client = httpx.Client(timeout=timeout_s, headers=headers, verify=verify)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, timeout_s: float = 10.0) -> EventPublisher:
+        """This process's publisher: its broker, its token, its trust in the broker's TLS."""
+        return cls(
+            settings.broker_ingress,
+            settings.bearer_token(),
+            timeout_s=timeout_s,
+            verify=client_verify(settings),
+        )
 
     def publish(self, event: CloudEvent) -> Receipt:
         headers, body = to_binary(event)

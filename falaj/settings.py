@@ -253,6 +253,20 @@ class Settings(BaseModel):
         description="the least time between two fetches of the issuer's keys for a key id "
         "not cached (a rotation is picked up; made-up key ids do not flood the issuer)",
     )
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) every listener of the local platform serves "
+        "(broker, functions, router, model servers, REST and gRPC); with tls_key_file. Unset, "
+        "they listen in plain HTTP (on a cluster the mesh's mTLS encrypts instead)",
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="the PEM private key of tls_cert_file"
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle the platform's clients trust for its own https URLs (a "
+        "private CA); unset, the system's",
+    )
     manifests_dir: Path = PROJECT_ROOT / "manifests" / "base"
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
     records_dataset: str | None = Field(
@@ -311,6 +325,17 @@ class Settings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _certificate_with_its_key(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (
+                ("FALAJ_TLS_CERT_FILE", "FALAJ_TLS_KEY_FILE")
+                if self.tls_key_file is None
+                else ("FALAJ_TLS_KEY_FILE", "FALAJ_TLS_CERT_FILE")
+            )
+            raise ValueError(f"{given} is set without {missing}: TLS needs both; set both or none")
+        return self
+
     @field_validator("training_off_peak", mode="before")
     @classmethod
     def _off_peak_window(cls, value: Any) -> Any:
@@ -357,8 +382,17 @@ class Settings(BaseModel):
         return self.home.resolve()
 
     @property
+    def scheme(self) -> str:
+        """How this platform's own listeners are reached: https once certificates are set."""
+        return "https" if self.tls_cert_file is not None else "http"
+
+    @property
     def broker_ingress(self) -> str:
-        return self.broker_url or f"http://{self.host}:{self.broker_port}"
+        return self.broker_url or f"{self.scheme}://{self.host}:{self.broker_port}"
+
+    @property
+    def router_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.router_port}"
 
     @property
     def ray_jobs_address(self) -> str:

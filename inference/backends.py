@@ -19,6 +19,7 @@ under the pool's lock, the same lock the idle check holds.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -54,6 +55,8 @@ class Backend:
     http_port: int
     grpc_port: int
     host: str
+    #: https when the platform's listeners serve TLS.
+    scheme: str = "http"
     state: BackendState = BackendState.STARTING
     reason: str | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
@@ -66,7 +69,7 @@ class Backend:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"{self.scheme}://{self.host}:{self.http_port}"
 
     def status(self) -> dict[str, object]:
         status: dict[str, object] = {
@@ -97,6 +100,11 @@ class PoolConfig:
     #: Keep one pre-imported server waiting (``inference.server --standby``), so a
     #: start only loads its model: worth its memory where servers start often.
     prewarm: bool = False
+    #: https when the predictors serve TLS; ``verify`` checks their certificate.
+    scheme: str = "http"
+    verify: ssl.SSLContext | bool = True
+    #: The router's own token: predictors admit the readiness probe like any caller.
+    token: str | None = field(default=None, repr=False)
 
 
 class BackendPool:
@@ -111,7 +119,11 @@ class BackendPool:
         self._generation: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._http = httpx.Client(timeout=2.0)
+        self._http = httpx.Client(
+            timeout=2.0,
+            verify=config.verify,
+            headers={"Authorization": f"Bearer {config.token}"} if config.token else None,
+        )
         #: The pre-warmed server the next start takes over (``PoolConfig.prewarm``).
         self._standby: ManagedProcess | None = None
         self._standbys = 0
@@ -326,7 +338,9 @@ class BackendPool:
                 cwd=self.config.cwd,
                 grace_s=self.config.stop_grace_s,
             ).start()
-        backend = Backend(model, version, process, http_port, grpc_port, host)
+        backend = Backend(
+            model, version, process, http_port, grpc_port, host, scheme=self.config.scheme
+        )
         self.log.info(
             "backend.starting",
             model=model,

@@ -47,7 +47,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from falaj.audit import Outcome
 from falaj.auth import Action
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
@@ -66,6 +65,7 @@ from falaj.rollouts import (
     deployed_subject,
 )
 from falaj.settings import PROJECT_ROOT, Settings
+from falaj.tls import client_verify, uvicorn_options
 from inference.backends import Backend, BackendPool, BackendState, PoolConfig
 from inference.binary_tensors import HEADER as BINARY_HEADER
 from inference.errors import InvalidPayload, UpstreamError
@@ -83,8 +83,9 @@ INFERENCE_ID_HEADER = "x-falaj-inference-id"
 #: How often the guard judges each canary against its stable version.
 GUARD_INTERVAL_S = 1.0
 SOURCE = "/falaj/inference/router"
-#: Request headers a predictor needs to read the body (binary V2 tensors included).
-FORWARDED_HEADERS = ("content-type", BINARY_HEADER)
+#: Request headers a predictor needs: the caller's token (the predictor admits the
+#: caller itself, as behind KServe's ingress) and what reads the body (binary V2 tensors).
+FORWARDED_HEADERS = ("authorization", "content-type", BINARY_HEADER)
 
 
 class Variant(StrEnum):
@@ -160,23 +161,13 @@ class Router:
     # -- checks ----------------------------------------------------------------------
 
     def authorize(self, request: Request, action: Action) -> JSONResponse | None:
-        principal = None
         try:
-            principal = self.ctx.tokens.authenticate(request.headers.get("authorization"))
-            principal.require(action)
-        except AuthError as exc:
-            # Audited like the broker's refusals: a login failure or a role that
-            # may not, with the caller when known. Refusals only: the hot path
-            # of an allowed request writes nothing.
-            self.ctx.audit.record(
-                "auth.refused",
-                actor=principal.subject if principal else "unknown",
-                role=str(principal.role) if principal else "none",
+            self.ctx.admit(
+                request.headers.get("authorization"),
+                action,
                 resource=f"router {request.method} {request.url.path}",
-                region=self.ctx.settings.region,
-                outcome=Outcome.REFUSED,
-                details={"reason": str(exc)},
             )
+        except AuthError as exc:
             response = error(int(exc.status), str(exc))
             if exc.status == 401:
                 response.headers["WWW-Authenticate"] = "Bearer"
@@ -638,13 +629,16 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
             cwd=PROJECT_ROOT,
             idle_s=settings.serving_idle_s,
             prewarm=settings.serving_prewarm,
+            scheme=settings.scheme,
+            verify=client_verify(settings),
+            token=settings.bearer_token(),
         ),
         store,
     )
     registry = ModelRegistry(ctx)
     metrics = ServingMetrics()
     payloads = PayloadLogger(
-        EventPublisher(settings.broker_ingress, settings.bearer_token(), timeout_s=5.0),
+        EventPublisher.from_settings(settings, timeout_s=5.0),
         region=settings.region,
         features=lambda model, version: registry.get(model, version).feature_names,
         on_logged=metrics.observe_predictions,
@@ -655,11 +649,11 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
         payloads=payloads,
         registry=registry,
         rng=random.Random(),
-        upstream=Upstream(timeout_s=30.0),
+        upstream=Upstream(timeout_s=30.0, verify=client_verify(settings)),
         serving_metrics=metrics,
         rollouts=Rollouts(ctx, store, registry),
         # Its own publisher: the payload log's belongs to the payload thread.
-        publisher=EventPublisher(settings.broker_ingress, settings.bearer_token(), timeout_s=5.0),
+        publisher=EventPublisher.from_settings(settings, timeout_s=5.0),
     )
 
 
@@ -682,6 +676,7 @@ def main() -> None:
         access_log=False,
         # Longer than a load balancer's idle timeout, as KServe does.
         timeout_keep_alive=65,
+        **uvicorn_options(settings),
     )
 
 

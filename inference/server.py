@@ -26,6 +26,9 @@ The snake_case spellings (``--model_name``, ``--http_port``, ``--grpc_port``)
 are accepted too, as a ServingRuntime passes them. A refused version does not
 exit: the server stays up with the model not ready, so readiness probes and the
 router see why (503 with the reason) instead of a crash loop.
+
+Every endpoint but the health probes admits the caller's bearer token, REST and
+gRPC alike (``inference.access``); with ``FALAJ_TLS_*`` set both listen over TLS.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from falaj.context import Context
 from falaj.errors import ConfigError
 from falaj.logs import configure_logging
 from falaj.settings import Settings
+from falaj.tls import grpc_credentials, uvicorn_options
 
 #: The choices of the serving flags, as ``inference.predictor`` and
 #: ``inference.session`` name them (those modules import kserve and onnxruntime,
@@ -171,6 +175,8 @@ def standby() -> list[str]:
     sys.argv = sys.argv[:1]  # before any kserve import, as in main()
     import kserve.model_server  # noqa: F401
 
+    import inference.access
+    import inference.grpc_server
     import inference.predictor  # noqa: F401
     from falaj.registry import ModelRegistry  # noqa: F401
 
@@ -194,8 +200,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = sys.argv[:1]
     from kserve import ModelServer
     from kserve.model_server import app as kserve_app
+    from kserve.model_server import args as kserve_args
 
     from falaj.registry import ModelRegistry
+    from inference.access import BearerGate, GrpcBearerGate
+    from inference.grpc_server import GatedGrpcServer
     from inference.predictor import (
         OnlineFeaturesMode,
         OnnxPredictor,
@@ -223,20 +232,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         ctx, model=args.model, version=version, registry=registry, options=options
     )
     predictor.load()
+    tls = uvicorn_options(settings)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=1,
+        # Our gated gRPC server is started below, in kserve's place.
+        enable_grpc=False,
         enable_docs_url=False,
         # Latency per request is already measured by the router; one log line
         # per prediction would dominate a small pod's log volume.
         enable_latency_logging=False,
         grace_period=5,
+        ssl_certfile=tls.get("ssl_certfile"),
+        ssl_keyfile=tls.get("ssl_keyfile"),
     )
+    # With a certificate, kserve moves a default port 8080 to 8443; ours was chosen.
+    server.http_port = args.http_port
+    name = f"predictor/{args.model}/{version}"
+    grpc_server = GatedGrpcServer(
+        args.grpc_port,
+        server.dataplane,
+        server.model_repository_extension,
+        kwargs=vars(kserve_args),
+        grace_period=server.grace_period,
+        gate=GrpcBearerGate(ctx=ctx, server=name),
+        credentials=grpc_credentials(settings),
+    )
+    # Where kserve keeps its own gRPC server: its stop() (SIGTERM) stops ours too.
+    server._grpc_server = grpc_server
+    server.servers.append(grpc_server.start(server.max_threads))
     # Registered directly: ModelServer.start([model]) refuses to run when no
     # model is ready, and a refused version must stay up to report why.
     server.register_model(predictor)
     kserve_app.add_middleware(JsonByDefault)
+    # Added last, so outermost: a refused request is answered before anything reads it.
+    kserve_app.add_middleware(BearerGate, ctx=ctx, server=name)
     # ModelServer configured logging above. An access line and two timing lines
     # per prediction were ~6% of a predictor's CPU (py-spy); the router counts
     # requests and latency per variant instead.

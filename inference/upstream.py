@@ -9,6 +9,7 @@ fraction of that. One session per router process, opened on its event loop.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,15 +29,16 @@ class Answer:
 
 
 class Upstream:
-    def __init__(self, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, *, timeout_s: float = 30.0, verify: ssl.SSLContext | bool = True) -> None:
         self.timeout_s = timeout_s
+        self.verify = verify
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             # Loopback predictors: no cookies, no proxies from the environment.
             cookie_jar=aiohttp.DummyCookieJar(),
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=self.verify),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             auto_decompress=False,
         )

@@ -43,6 +43,7 @@ from falaj.publisher import EventPublisher
 from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
 from falaj.settings import Settings
+from falaj.tls import client_verify
 from falaj.training_job import JobExit
 from training.compare import compare_with_production
 from training.data import split_by_time
@@ -347,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return JobExit.CONFIG
     configure_logging(ACTOR, settings.log_level)
     ctx = Context.create(settings, actor=ACTOR)
-    with EventPublisher(settings.broker_ingress, token) as publisher:
+    with EventPublisher(
+        settings.broker_ingress, token, verify=client_verify(settings)
+    ) as publisher:
         return TrainingJob(ctx, publisher, request).run()
 
 

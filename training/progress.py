@@ -44,9 +44,7 @@ class EpochAnnouncer:
         try:
             settings = Settings.from_env(os.environ if environ is None else environ)
             self._region = settings.region
-            self._publisher = EventPublisher(
-                settings.broker_ingress, settings.bearer_token(), timeout_s=PUBLISH_TIMEOUT_S
-            )
+            self._publisher = EventPublisher.from_settings(settings, timeout_s=PUBLISH_TIMEOUT_S)
         except FalajError as exc:
             self.log.warning("training.progress_off", error=str(exc))
 

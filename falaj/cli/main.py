@@ -25,7 +25,6 @@ from falaj.cli.options import (
     console,
     err_console,
     fail,
-    router_url,
     settings_for,
     user_token,
 )
@@ -88,7 +87,7 @@ def up(home: HomeOption = None) -> None:
         raise fail(str(exc)) from None
     console.print(
         f"Falaj is up: broker {settings.broker_ingress}, router "
-        f"http://{settings.host}:{settings.router_port}, Ray {settings.ray_jobs_address}\n"
+        f"{settings.router_url}, Ray {settings.ray_jobs_address}\n"
         f"tokens per role in {platform.paths.keys}; drop files into {platform.paths.landing}"
     )
     try:
@@ -441,10 +440,8 @@ def events_list(
 def _client(settings: Settings, role: Role) -> PlatformClient:
     from falaj.client import PlatformClient
 
-    return PlatformClient(
-        broker_url=settings.broker_ingress,
-        router_url=router_url(settings),
-        token=user_token(Paths(settings.resolved_home), role),
+    return PlatformClient.from_settings(
+        settings, token=user_token(Paths(settings.resolved_home), role)
     )
 
 

@@ -34,11 +34,6 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def router_url(settings: Settings) -> str:
-    """The local inference router, as ``falaj up`` starts it."""
-    return f"http://{settings.host}:{settings.router_port}"
-
-
 def user_token(paths: Paths, role: Role) -> str:
     """The token ``falaj up`` wrote for ``role``; ``FalajError`` when there is none."""
     path = paths.keys / f"{role}.token"

@@ -32,7 +32,6 @@ from falaj.cli.options import (
     console,
     err_console,
     fail,
-    router_url,
     settings_for,
     user_token,
 )
@@ -40,6 +39,7 @@ from falaj.context import Context, Paths
 from falaj.errors import FalajError
 from falaj.rollouts import RolloutAction, RolloutResult, RolloutStep, describe_split
 from falaj.settings import Settings
+from falaj.tls import client_verify
 
 rollout_app = typer.Typer(
     help="Traffic rollouts: canary, A/B report, promote, rollback, shadow.",
@@ -112,7 +112,9 @@ def _announce(settings: Settings, result: RolloutResult) -> bool | None:
         source=CLI_SOURCE,
         subject=deployed_subject(result.after, result.step),
     )
-    publisher = EventPublisher(settings.broker_ingress, token, timeout_s=5.0)
+    publisher = EventPublisher(
+        settings.broker_ingress, token, timeout_s=5.0, verify=client_verify(settings)
+    )
     try:
         publisher.publish(event)
     except FalajError:
@@ -252,10 +254,10 @@ def _live_report(settings: Settings, model: str) -> dict[str, Any] | None:
         token = user_token(Paths(settings.resolved_home), Role.VIEWER)
     except FalajError:
         return None  # no platform runs here
-    url = f"{router_url(settings)}/v2/models/{model}"
+    url = f"{settings.router_url}/v2/models/{model}"
     headers = {"Authorization": f"Bearer {token}"}
     try:
-        with httpx.Client(timeout=5.0, headers=headers) as client:
+        with httpx.Client(timeout=5.0, headers=headers, verify=client_verify(settings)) as client:
             ab, metadata = client.get(f"{url}/ab"), client.get(url)
     except httpx.HTTPError:
         return None

@@ -84,11 +84,7 @@ class DemoStory:
         try:
             self.platform.up(progress=lambda what: step(f"start {what}"))
             token = self.platform.user_tokens[Role.PLATFORM_ADMIN]
-            with PlatformClient(
-                broker_url=self.settings.broker_ingress,
-                router_url=f"http://{self.settings.host}:{self.settings.router_port}",
-                token=token,
-            ) as client:
+            with PlatformClient.from_settings(self.settings, token=token) as client:
                 self._story(client, step)
         finally:
             step("stop the platform")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,12 @@ from falaj.manifests import load_topology
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, free_port, port_open
 from falaj.runtime.ray_head import RayHeadConfig, ray_env, start_ray_head
 from falaj.settings import ENV_PREFIX, PROJECT_ROOT, Settings
+from falaj.tls import client_verify
 from falaj.topology import SourceSpec, Topology
 from falaj.topology_files import dump_endpoints, dump_topology
+
+#: The container command of a Knative Service function (functions-framework's CLI).
+FUNCTIONS_FRAMEWORK = "functions-framework"
 
 #: Paths inside the container images, and where they live on one machine.
 CONTAINER_LANDING = "/data/landing"
@@ -71,8 +76,9 @@ class LocalPlatform:
         try:
             self._start_ray(progress, env)
             env = self._component_env()
+            scheme = self.settings.scheme
             endpoints = {
-                name: f"http://{self.settings.host}:{free_port()}" for name in topology.services
+                name: f"{scheme}://{self.settings.host}:{free_port()}" for name in topology.services
             }
             self._start_broker(topology, endpoints, env, progress)
             self._start_services(topology, endpoints, env, progress)
@@ -212,7 +218,7 @@ class LocalPlatform:
             "broker",
             broker_argv(topology_file, endpoints_file),
             env,
-            ReadyCheck(self.settings.host, self.settings.broker_port, "/healthz"),
+            ReadyCheck(self.settings.host, self.settings.broker_port, "/healthz", tls=self._tls),
         )
 
     def _start_services(
@@ -226,7 +232,7 @@ class LocalPlatform:
             port = int(endpoints[name].rsplit(":", 1)[1])
             progress(f"function {name} (functions-framework on :{port})")
             argv = [
-                *self._local_command(service.command),
+                *self._local_command(self._served(service.command)),
                 f"--host={self.settings.host}",
                 f"--port={port}",
             ]
@@ -279,8 +285,21 @@ class LocalPlatform:
             "router",
             [sys.executable, "-m", "inference.router"],
             env,
-            ReadyCheck(self.settings.host, self.settings.router_port, "/v2/health/live"),
+            ReadyCheck(
+                self.settings.host, self.settings.router_port, "/v2/health/live", tls=self._tls
+            ),
         )
+
+    @property
+    def _tls(self) -> ssl.SSLContext | bool | None:
+        """What the readiness probes verify the listeners' certificate with; None: plain HTTP."""
+        return None if self.settings.tls_cert_file is None else client_verify(self.settings)
+
+    def _served(self, command: Sequence[str]) -> list[str]:
+        """A function's container command; with TLS set, through ``function_server``."""
+        if self.settings.tls_cert_file is None or not command or command[0] != FUNCTIONS_FRAMEWORK:
+            return list(command)
+        return ["python", "-m", "falaj.runtime.function_server", *command[1:]]
 
     def _local_command(self, command: Sequence[str]) -> list[str]:
         """A container command, run with this project's interpreter and tools."""
@@ -303,7 +322,7 @@ class LocalPlatform:
             "pid": os.getpid(),
             "home": str(self.paths.home),
             "broker": self.settings.broker_ingress,
-            "router": f"http://{self.settings.host}:{self.settings.router_port}",
+            "router": self.settings.router_url,
             "ray": self.settings.ray_jobs_address,
             "functions": dict(endpoints),
             "processes": {p.name: p.pid for p in self.processes},

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -125,16 +126,28 @@ class ManagedProcess:
 
 
 class ReadyCheck:
-    """A readiness probe: a TCP port accepting, or an HTTP GET answering 2xx."""
+    """A readiness probe: a TCP port accepting, or an HTTP GET answering 2xx.
 
-    def __init__(self, host: str, port: int, path: str | None = None) -> None:
-        self.host, self.port, self.path = host, port, path
+    With ``tls`` (what verifies the listener's certificate) the GET is https.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str | None = None,
+        *,
+        tls: ssl.SSLContext | bool | None = None,
+    ) -> None:
+        self.host, self.port, self.path, self.tls = host, port, path, tls
 
     def __call__(self) -> bool:
         if self.path is None:
             return port_open(self.host, self.port)
+        scheme, verify = ("http", True) if self.tls is None else ("https", self.tls)
         try:
-            response = httpx.get(f"http://{self.host}:{self.port}{self.path}", timeout=1.0)
+            url = f"{scheme}://{self.host}:{self.port}{self.path}"
+            response = httpx.get(url, timeout=1.0, verify=verify)
         except httpx.HTTPError:
             return False
         return response.status_code < 300

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from cloudevents.http import CloudEvent, from_http
 
+from falaj.auth import Role
 from falaj.context import Context
 from falaj.publisher import BATCH_CONTENT_TYPE
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
@@ -25,6 +26,17 @@ from tests.support.models import (  # noqa: F401  (re-exported to the inference 
     register,
     sample_rows,
 )
+
+
+@pytest.fixture
+def caller_token(ctx: Context) -> str:
+    """A data scientist's token: what a predictor admits for inference and metadata."""
+    return ctx.tokens.issue("caller", Role.DATA_SCIENTIST)
+
+
+@pytest.fixture
+def caller_headers(caller_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {caller_token}"}
 
 
 @pytest.fixture

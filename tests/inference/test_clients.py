@@ -33,6 +33,7 @@ from kserve import (
     InferResponse,
     RESTConfig,
 )
+from tritonclient._plugin import InferenceServerClientPlugin
 from tritonclient.utils import InferenceServerException
 
 from falaj.context import Context
@@ -66,6 +67,13 @@ class Served:
     version: int
     http_port: int
     grpc_port: int
+    #: The caller's Authorization header: every endpoint but the probes admits it.
+    headers: dict[str, str]
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        """The same, as gRPC metadata (lower-case keys)."""
+        return [(k.lower(), v) for k, v in self.headers.items()]
 
     @property
     def http_url(self) -> str:
@@ -73,14 +81,28 @@ class Served:
 
 
 @pytest.fixture
-def served(ctx: Context, start_predictor_grpc: GrpcStarter) -> Served:
+def served(
+    ctx: Context, start_predictor_grpc: GrpcStarter, caller_headers: dict[str, str]
+) -> Served:
     version = register(ctx, WEIGHTS_V1)
     _, http_port, grpc_port = start_predictor_grpc(version)
-    return Served(version, http_port, grpc_port)
+    return Served(version, http_port, grpc_port, caller_headers)
+
+
+class BearerToken(InferenceServerClientPlugin):
+    """tritonclient's way to add a header to every call (as its own BasicAuth plugin does)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.authorization = headers["Authorization"]
+
+    def __call__(self, request: Any) -> None:
+        request.headers["authorization"] = self.authorization
 
 
 def triton_http(served: Served) -> httpclient.InferenceServerClient:
-    return httpclient.InferenceServerClient(f"127.0.0.1:{served.http_port}")
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{served.http_port}")
+    client.register_plugin(BearerToken(served.headers))
+    return client
 
 
 def triton_input(rows: np.ndarray, *, binary: bool) -> httpclient.InferInput:
@@ -168,14 +190,24 @@ TRITON_GRPC_CALLER = """
 import json, sys
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient._plugin import InferenceServerClientPlugin
 from tritonclient.utils import InferenceServerException
 
 ask = json.load(sys.stdin)
+
+
+class Bearer(InferenceServerClientPlugin):
+    def __call__(self, request):
+        request.headers["authorization"] = ask["authorization"]
+
+
 rows = np.asarray(ask["rows"], dtype=np.float32)
 wrong = np.asarray(ask["wrong"], dtype=np.float32)
 model, name, output, datatype = ask["model"], ask["input"], ask["output"], ask["datatype"]
 told = {}
 with grpcclient.InferenceServerClient(ask["url"]) as client:
+    # gRPC metadata: every call carries the caller's token.
+    client.register_plugin(Bearer())
     told["live"] = client.is_server_live()
     told["ready"] = client.is_server_ready()
     told["model_ready"] = client.is_model_ready(model)
@@ -204,6 +236,7 @@ def call_triton_grpc(served: Served, rows: np.ndarray) -> dict[str, Any]:
     """What tritonclient.grpc, in a process of its own, was told by the predictor."""
     ask = {
         "url": f"127.0.0.1:{served.grpc_port}",
+        "authorization": served.headers["Authorization"],
         "model": MODEL,
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
@@ -274,17 +307,22 @@ def test_kserve_rest_client_v2_and_v1(served: Served) -> None:
         async with InferenceRESTClient(RESTConfig(protocol="v2", timeout=30)) as client:
             assert await client.is_server_live(served.http_url)
             assert await client.is_server_ready(served.http_url)
-            assert await client.is_model_ready(served.http_url, MODEL)
-            response = await client.infer(served.http_url, kserve_request(rows), model_name=MODEL)
+            assert await client.is_model_ready(served.http_url, MODEL, headers=served.headers)
+            response = await client.infer(
+                served.http_url, kserve_request(rows), model_name=MODEL, headers=served.headers
+            )
             assert isinstance(response, InferResponse)
             return response
 
     async def v1() -> object:
         async with InferenceRESTClient(RESTConfig(protocol="v1", timeout=30)) as client:
             assert await client.is_server_live(served.http_url)
-            assert await client.is_model_ready(served.http_url, MODEL)
+            assert await client.is_model_ready(served.http_url, MODEL, headers=served.headers)
             return await client.infer(
-                served.http_url, {"instances": rows.tolist()}, model_name=MODEL
+                served.http_url,
+                {"instances": rows.tolist()},
+                model_name=MODEL,
+                headers=served.headers,
             )
 
     response = asyncio.run(v2())
@@ -307,8 +345,8 @@ def test_kserve_grpc_client(served: Served) -> None:
         try:
             assert await client.is_server_live()
             assert await client.is_server_ready()
-            assert await client.is_model_ready(MODEL)
-            return await client.infer(kserve_request(rows))
+            assert await client.is_model_ready(MODEL, headers=served.metadata)
+            return await client.infer(kserve_request(rows), headers=served.metadata)
         finally:
             await client.close()
 

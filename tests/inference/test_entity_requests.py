@@ -296,13 +296,14 @@ def _local_port(response: httpx.Response) -> int:
 
 
 def test_served_entity_requests_over_rest_and_grpc(
-    ctx: Context, start_predictor_grpc: GrpcStarter
+    ctx: Context, start_predictor_grpc: GrpcStarter, caller_headers: dict[str, str]
 ) -> None:
     served = fill_online_store(ctx, seed=33)
     version = register(ctx, WEIGHTS_V1)
     _, port, grpc_port = start_predictor_grpc(version)
     cards = served.cards[:4]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as client:
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=60.0, headers=caller_headers) as client:
         direct = client.post(
             "/v1/models/fraud:predict", json={"instances": served.features_of(cards)}
         )
@@ -329,7 +330,8 @@ def test_served_entity_requests_over_rest_and_grpc(
     async def by_grpc(ids: list[str]) -> InferResponse:
         grpc = InferenceGRPCClient(f"127.0.0.1:{grpc_port}", timeout=30)
         try:
-            return await grpc.infer(bytes_request(ids))
+            metadata = [(k.lower(), v) for k, v in caller_headers.items()]
+            return await grpc.infer(bytes_request(ids), headers=metadata)
         finally:
             await grpc.close()
 

@@ -191,13 +191,13 @@ def _local_port(response: httpx.Response) -> int:
 
 
 def test_served_over_http_bad_input_is_400_and_keeps_the_connection(
-    ctx: Context, start_predictor: Starter
+    ctx: Context, start_predictor: Starter, caller_headers: dict[str, str]
 ) -> None:
     version = register(ctx, WEIGHTS_V1)
     _, port = start_predictor(version)
     rows = sample_rows(3, seed=9)
     base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, timeout=10.0) as client:
+    with httpx.Client(base_url=base, timeout=10.0, headers=caller_headers) as client:
         bad = client.post(
             "/v2/models/fraud/infer",
             json={
