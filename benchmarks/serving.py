@@ -623,8 +623,10 @@ def batch1_latency(p: Platform, sizes: Sizes) -> dict[str, list[float]]:
     expected = create_session(p.onnx_bytes).run(None, {"input": one})[0].ravel()
     path = f"/v2/models/{MODEL}/infer"
     body = v2_json(one)
-    routed_request = http_request(path, body, {"authorization": f"Bearer {p.token}"})
-    direct_request = http_request(path, body)
+    # The predictor admits the caller's token itself, as the router does.
+    auth = {"authorization": f"Bearer {p.token}"}
+    routed_request = http_request(path, body, auth)
+    to_predictor = http_request(path, body, auth)
     routed = HttpConnection(p.router_port)
     direct = HttpConnection(p.predictor.http_port)
     channel = grpc.insecure_channel(f"{HOST}:{p.predictor.grpc_port}")
@@ -641,9 +643,13 @@ def batch1_latency(p: Platform, sizes: Sizes) -> dict[str, list[float]]:
                 )
             ],
         )
-        infer = stub.ModelInfer
+        metadata = list(auth.items())
+
+        def infer(request: object, timeout: float) -> Any:
+            return stub.ModelInfer(request, timeout=timeout, metadata=metadata)
+
         # Every path must answer the model's own probability before it is timed.
-        for connection, request in ((routed, routed_request), (direct, direct_request)):
+        for connection, request in ((routed, routed_request), (direct, to_predictor)):
             status, answer = connection.call(request)
             if status != 200:
                 raise RuntimeError(f"V2 REST answered {status}: {answer[:300]!r}")
@@ -668,7 +674,7 @@ def batch1_latency(p: Platform, sizes: Sizes) -> dict[str, list[float]]:
         return sequential(
             {
                 "router": rest(routed, routed_request),
-                "direct": rest(direct, direct_request),
+                "direct": rest(direct, to_predictor),
                 "grpc": lambda: infer(grpc_request, timeout=10.0),
             },
             sizes.sequential,
@@ -701,7 +707,7 @@ class ColdStart:
 
 def cold_start(p: Platform, index: int, *, marked: bool = False) -> ColdStart:
     """Start a predictor for the ~100 MB model; seconds until its first 200 answer."""
-    body = http_request(f"/v2/models/{WIDE}/infer", v2_json(p.rows[:1]))
+    body = direct_request(p, WIDE, v2_json(p.rows[:1]))
     http_port = free_port()
     marks = p.tmp / f"wide-{index}.marks" if marked else None
     launched = time.time()
@@ -734,7 +740,7 @@ def prewarmed_cold_start(p: Platform, index: int) -> float:
     --standby`` that has imported everything; an activation sends it the model
     and ports, and it verifies, decrypts, loads and serves.
     """
-    body = http_request(f"/v2/models/{WIDE}/infer", v2_json(p.rows[:1]))
+    body = direct_request(p, WIDE, v2_json(p.rows[:1]))
     http_port = free_port()
     log = p.tmp / f"standby-{index}.log"
     process = ManagedProcess(
@@ -880,6 +886,11 @@ def latency_rows(p: Platform, sizes: Sizes) -> list[Row]:
     ]
 
 
+def direct_request(p: Platform, model: str, body: bytes) -> bytes:
+    """A V2 request straight to a predictor, with the token it admits (as the router's)."""
+    return http_request(f"/v2/models/{model}/infer", body, {"authorization": f"Bearer {p.token}"})
+
+
 def routed_request(p: Platform, body: bytes, headers: dict[str, str] | None = None) -> bytes:
     auth = {"authorization": f"Bearer {p.token}"}
     return http_request(f"/v2/models/{MODEL}/infer", body, {**auth, **(headers or {})})
@@ -938,7 +949,7 @@ def throughput_rows(p: Platform, sizes: Sizes) -> list[Row]:
             runs["direct"].append(
                 closed_loop(
                     p.predictor.http_port,
-                    http_request(f"/v2/models/{MODEL}/infer", one),
+                    direct_request(p, MODEL, one),
                     sizes,
                     {"predictor": [p.predictor.pid]},
                 )

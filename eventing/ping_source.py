@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Context.create(settings, actor="ping-source")
         ledger = TickLedger(ctx.paths.state / "ping-source" / f"{spec.namespace}.{spec.name}.json")
         ledger.last()  # a corrupt record is a config error now, not at the first tick
-        publisher = EventPublisher.from_settings(settings)
+        publisher = EventPublisher.from_context(ctx)
     except FalajError as exc:
         print(f"ping-source: {exc}", file=sys.stderr)
         return 2

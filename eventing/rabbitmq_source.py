@@ -576,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         config = config_from_args(args)
         ctx = Context.create(settings, actor="rabbitmq-source")
-        publisher = EventPublisher.from_settings(settings)
+        publisher = EventPublisher.from_context(ctx)
         forwarder = Forwarder(config, publisher, ctx.policy, region=settings.region)
         source = RabbitmqSource(config, settings.rabbitmq_url, forwarder)
         source.parameters()  # a URL that does not parse is a config error, not a retry

@@ -54,7 +54,7 @@ class CloudEventFunction(ABC):
 
     def start(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._publisher = EventPublisher.from_settings(ctx.settings)
+        self._publisher = EventPublisher.from_context(ctx)
         self.on_start()
 
     def on_start(self) -> None:

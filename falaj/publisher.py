@@ -14,6 +14,7 @@ from cloudevents.conversion import to_binary, to_dict
 from cloudevents.http import CloudEvent
 
 from falaj.closeable import Closeable
+from falaj.context import Context
 from falaj.errors import PublishError
 from falaj.settings import Settings
 from falaj.tls import client_verify
@@ -47,6 +48,20 @@ class EventPublisher(Closeable):
         self.broker_url = broker_url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers, verify=verify)
+
+    @classmethod
+    def from_context(cls, ctx: Context, *, timeout_s: float = 10.0) -> EventPublisher:
+        """This process's publisher, once the residency policy allows where it sends.
+
+        The broker's ingress is an outbound destination like a dead-letter sink
+        or KServe's logger URL (the router's payload log posts there): one
+        outside the allowed regions is refused here, audited, at the start of
+        the process, before any event could leave.
+        """
+        ctx.policy.check_destination(
+            ctx.settings.broker_ingress, resource=f"{ctx.actor} events (FALAJ_BROKER_URL)"
+        )
+        return cls.from_settings(ctx.settings, timeout_s=timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, timeout_s: float = 10.0) -> EventPublisher:

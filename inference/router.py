@@ -638,7 +638,7 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
     registry = ModelRegistry(ctx)
     metrics = ServingMetrics()
     payloads = PayloadLogger(
-        EventPublisher.from_settings(settings, timeout_s=5.0),
+        EventPublisher.from_context(ctx, timeout_s=5.0),
         region=settings.region,
         features=lambda model, version: registry.get(model, version).feature_names,
         on_logged=metrics.observe_predictions,
@@ -653,7 +653,7 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
         serving_metrics=metrics,
         rollouts=Rollouts(ctx, store, registry),
         # Its own publisher: the payload log's belongs to the payload thread.
-        publisher=EventPublisher.from_settings(settings, timeout_s=5.0),
+        publisher=EventPublisher.from_context(ctx, timeout_s=5.0),
     )
 
 

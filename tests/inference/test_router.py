@@ -741,3 +741,30 @@ def test_every_role_gets_what_the_access_table_gives_it_and_no_more(
     refused = [e for e in ctx.audit.entries() if e["action"] == "auth.refused"]
     assert len(refused) == sum(1 for s in seen.values() if s == 403) + len(cells)
     assert {e["actor"] for e in refused} >= {"someone-viewer", "unknown"}
+
+
+def test_a_payload_log_destination_outside_the_allowed_regions_stops_the_router_at_start(
+    ctx: Context,
+) -> None:
+    """KServe's logger URL, locally the broker the payload log posts to: a sink boundary."""
+    from falaj.errors import ResidencyViolation
+    from inference.router import build_router
+
+    foreign = ctx.settings.model_copy(
+        update={"broker_url": "https://svc:s3cret@events.example.eu/falaj/default"}
+    )
+    router_ctx = Context.create(foreign, actor="router")
+    with pytest.raises(ResidencyViolation) as refused:
+        build_router(router_ctx, {})
+    message = str(refused.value)
+    assert "sink: router events (FALAJ_BROKER_URL) -> https://***@events.example.eu" in message
+    assert "has no known region" in message and "s3cret" not in message
+    [entry] = [e for e in ctx.audit.entries() if e["action"] == "policy.refused"]
+    assert entry["actor"] == "router" and entry["details"]["boundary"] == "sink"
+    assert "s3cret" not in json.dumps(entry)
+
+    # Declared in an allowed region, the same destination is fine.
+    declared = foreign.model_copy(
+        update={"storage_regions": {"https://events.example.eu": "me-central-1"}}
+    )
+    build_router(Context.create(declared, actor="router"), {}).pool.store.close()
