@@ -19,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from eventing.ingress import Accepted, Ingress, events_from_http
 from falaj.audit import Outcome
-from falaj.auth import Action, Principal
+from falaj.auth import PUBLISHING, Principal, action_to_publish
 from falaj.context import Context
-from falaj.errors import AuthError, EventError, FalajError
+from falaj.errors import AuthError, EventError, FalajError, PermissionDenied
 from falaj.logs import get_logger
 
 Scope = MutableMapping[str, Any]
@@ -80,12 +80,11 @@ class IngressEndpoint:
         try:
             # Inline, not in a thread: a digest and a cached lookup cost less than the hop.
             principal = self.ctx.tokens.authenticate(headers.get("authorization"))
-            principal.require(Action.PUBLISH_EVENT)
+            # Before the body is read: a role that may publish nothing is refused
+            # at once; each event's own action is checked once they are parsed.
+            principal.require_any(PUBLISHING)
         except AuthError as exc:
-            resource = f"broker/{self.broker} {scope['method']} {scope['path']}"
-            await run_in_threadpool(self.ctx.record_refusal, exc, resource=resource)
-            extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
-            return int(exc.status), {"error": str(exc)}, extra
+            return await self._refuse_caller(scope, exc)
         try:
             body = await self._read_body(headers, receive)
         except BodyTooLarge:
@@ -98,12 +97,29 @@ class IngressEndpoint:
                 [],
             )
         try:
-            stored = await self.accept(events_from_http(headers, body))
+            events = events_from_http(headers, body)
+        except EventError as exc:
+            return await self._refuse(exc, principal, headers, body)
+        try:
+            # All or nothing: one event the caller may not publish refuses the request.
+            for event in events:
+                event_type = str(event["type"])
+                principal.require(action_to_publish(event_type), what=f" ({event_type})")
+        except PermissionDenied as exc:
+            return await self._refuse_caller(scope, exc)
+        try:
+            stored = await self.accept(events)
         except EventError as exc:
             return await self._refuse(exc, principal, headers, body)
         except FalajError as exc:  # a residency refusal, audited by the policy
             return int(exc.status), {"error": str(exc)}, []
         return 202, {"accepted": list(stored.ids), "duplicates": list(stored.duplicates)}, []
+
+    async def _refuse_caller(self, scope: Scope, exc: AuthError) -> Answer:
+        resource = f"broker/{self.broker} {scope['method']} {scope['path']}"
+        await run_in_threadpool(self.ctx.record_refusal, exc, resource=resource)
+        extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
+        return int(exc.status), {"error": str(exc)}, extra
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         """The body, refused as soon as it is known to be over the limit."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from falaj.errors import AuthError, PermissionDenied
+from falaj.events import EventType
 
 
 class Role(StrEnum):
@@ -54,15 +55,44 @@ PERMISSIONS: dict[Role, frozenset[Action]] = {
 }
 
 
+#: Events that are requests for an action of their own: publishing one needs
+#: that action, not ``publish-event`` (a data scientist may ask for training but
+#: not announce ingested data; asking for a canary is a deployment).
+REQUEST_EVENTS: dict[str, Action] = {
+    EventType.TRAINING_REQUESTED: Action.TRAIN,
+    EventType.ROLLOUT_REQUESTED: Action.DEPLOY,
+}
+#: Who may post to the broker's ingress at all (each event then needs its own).
+PUBLISHING = frozenset({Action.PUBLISH_EVENT, *REQUEST_EVENTS.values()})
+
+
+def action_to_publish(event_type: str) -> Action:
+    """What publishing an event of ``event_type`` needs the caller's role to allow."""
+    return REQUEST_EVENTS.get(event_type, Action.PUBLISH_EVENT)
+
+
 @dataclass(frozen=True)
 class Principal:
     subject: str
     role: Role
 
-    def require(self, action: Action) -> None:
+    def require_any(self, actions: frozenset[Action]) -> None:
+        """Raise ``PermissionDenied`` unless the role allows one of ``actions``."""
+        if not actions & PERMISSIONS[self.role]:
+            raise PermissionDenied(
+                f"{self.subject} ({self.role}) may not "
+                + " or ".join(sorted(actions))
+                + "; roles that may: "
+                + ", ".join(r for r, acts in PERMISSIONS.items() if actions & acts),
+                subject=self.subject,
+                role=str(self.role),
+            )
+
+    def require(self, action: Action, *, what: str = "") -> None:
+        """Raise ``PermissionDenied`` unless the role allows ``action`` (``what``: on what)."""
         if action not in PERMISSIONS[self.role]:
             raise PermissionDenied(
-                f"{self.subject} ({self.role}) may not {action}; roles that may: "
+                f"{self.subject} ({self.role}) may not {action}{what}; roles that may: "
                 + ", ".join(r for r, acts in PERMISSIONS.items() if action in acts),
                 subject=self.subject,
                 role=str(self.role),
