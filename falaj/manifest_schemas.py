@@ -125,6 +125,49 @@ def _core(api_version: str, kind: str, fields: Mapping[str, Any]) -> dict[str, A
 
 _NAME_LIST = {"type": "array", "items": _strict({"name": {"type": "string"}}, "name")}
 _STRING_LIST = {"type": "array", "items": {"type": "string"}}
+_LABEL_SELECTOR = _strict(
+    {
+        "matchLabels": _strings(),
+        "matchExpressions": {
+            "type": "array",
+            "items": _strict(
+                {
+                    "key": {"type": "string"},
+                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": _STRING_LIST,
+                },
+                "key",
+                "operator",
+            ),
+        },
+    }
+)
+_NETWORK_PEER = _strict(
+    {
+        "podSelector": _LABEL_SELECTOR,
+        "namespaceSelector": _LABEL_SELECTOR,
+        "ipBlock": _strict({"cidr": {"type": "string"}, "except": _STRING_LIST}, "cidr"),
+    }
+)
+_NETWORK_PORT = _strict(
+    {
+        "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+        "port": {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string"}]
+        },
+        "endPort": {"type": "integer", "minimum": 1, "maximum": 65535},
+    }
+)
+
+
+def _network_rule(peers: str) -> dict[str, Any]:
+    return _strict(
+        {
+            peers: {"type": "array", "items": _NETWORK_PEER},
+            "ports": {"type": "array", "items": _NETWORK_PORT},
+        }
+    )
+
 
 #: Structural checks for the core kinds, keyed by (apiVersion, kind). Deliberately
 #: small: only the fields Falaj's manifests use, strictly typed.
@@ -175,6 +218,26 @@ CORE_SCHEMAS: Mapping[tuple[str, str], Mapping[str, Any]] = MappingProxyType(
                     },
                     "accessModes",
                     "resources",
+                ),
+            },
+        ),
+        # Every field the kind has (network-policies.yaml uses most of them).
+        ("networking.k8s.io/v1", "NetworkPolicy"): _core(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            {
+                "spec": _strict(
+                    {
+                        "podSelector": _LABEL_SELECTOR,
+                        "policyTypes": {
+                            "type": "array",
+                            "items": {"enum": ["Ingress", "Egress"]},
+                            "uniqueItems": True,
+                        },
+                        "ingress": {"type": "array", "items": _network_rule("from")},
+                        "egress": {"type": "array", "items": _network_rule("to")},
+                    },
+                    "podSelector",
                 ),
             },
         ),

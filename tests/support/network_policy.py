@@ -17,23 +17,16 @@ them:
 
 ``policyTypes`` left out default as the API server defaults them (Ingress,
 plus Egress when the policy has egress rules). Named ports are not modelled:
-``PolicySet`` refuses them rather than guess.
-
-The module also carries a strict JSON Schema for NetworkPolicy, the core kind
-``falaj.manifest_schemas`` has no schema for yet, and a ``SchemaStore`` that
-knows it.
+``PolicySet`` refuses them rather than guess. (The kind's strict schema is
+``falaj.manifest_schemas``', with the other core kinds.)
 """
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-from falaj.manifest_schemas import OBJECT_META, SchemaStore
 
 Direction = Literal["Ingress", "Egress"]
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -237,101 +230,3 @@ def _ports_match(ports: Sequence[Mapping[str, Any]], port: int, protocol: str) -
         if wanted <= port <= entry.get("endPort", wanted):
             return True
     return False
-
-
-# -- a strict schema for the kind ------------------------------------------------------------
-
-
-def _strict(properties: Mapping[str, Any], *required: str) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "properties": dict(properties),
-        "additionalProperties": False,
-    }
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-_LABEL_SELECTOR = _strict(
-    {
-        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "matchExpressions": {
-            "type": "array",
-            "items": _strict(
-                {
-                    "key": {"type": "string"},
-                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
-                    "values": {"type": "array", "items": {"type": "string"}},
-                },
-                "key",
-                "operator",
-            ),
-        },
-    }
-)
-_PEER = _strict(
-    {
-        "podSelector": _LABEL_SELECTOR,
-        "namespaceSelector": _LABEL_SELECTOR,
-        "ipBlock": _strict(
-            {"cidr": {"type": "string"}, "except": {"type": "array", "items": {"type": "string"}}},
-            "cidr",
-        ),
-    }
-)
-_PORT = _strict(
-    {
-        "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
-        "port": {
-            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string"}]
-        },
-        "endPort": {"type": "integer", "minimum": 1, "maximum": 65535},
-    }
-)
-
-
-def _rule(peers: str) -> dict[str, Any]:
-    return _strict(
-        {peers: {"type": "array", "items": _PEER}, "ports": {"type": "array", "items": _PORT}}
-    )
-
-
-#: networking.k8s.io/v1 NetworkPolicy, every field it has, unknown ones refused.
-NETWORK_POLICY_SCHEMA: Mapping[str, Any] = _strict(
-    {
-        "apiVersion": {"enum": ["networking.k8s.io/v1"]},
-        "kind": {"enum": ["NetworkPolicy"]},
-        "metadata": dict(OBJECT_META),
-        "spec": _strict(
-            {
-                "podSelector": _LABEL_SELECTOR,
-                "policyTypes": {
-                    "type": "array",
-                    "items": {"enum": ["Ingress", "Egress"]},
-                    "uniqueItems": True,
-                },
-                "ingress": {"type": "array", "items": _rule("from")},
-                "egress": {"type": "array", "items": _rule("to")},
-            },
-            "podSelector",
-        ),
-    },
-    "apiVersion",
-    "kind",
-    "metadata",
-    "spec",
-)
-
-
-class NetworkPolicySchemaStore(SchemaStore):
-    """A ``SchemaStore`` that also knows NetworkPolicy (``falaj.manifest_schemas`` does not yet)."""
-
-    def schema(self, api_version: str, kind: str, *, strict: bool = True) -> dict[str, Any]:
-        if (api_version, kind) == ("networking.k8s.io/v1", "NetworkPolicy"):
-            return copy.deepcopy(dict(NETWORK_POLICY_SCHEMA))
-        return super().schema(api_version, kind, strict=strict)
-
-    @classmethod
-    def like(cls, store: SchemaStore) -> NetworkPolicySchemaStore:
-        return cls(Path(store.schemas_dir), cache_dir=store.cache_dir)
