@@ -60,7 +60,10 @@ FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
 	FALAJ_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:randomly \
 		tests/eventing/test_ingress_properties.py tests/falaj/test_auth_properties.py \
-		tests/inference/test_payload_properties.py
+		tests/inference/test_payload_properties.py \
+		tests/eventing/test_storage_notification_properties.py \
+		tests/functions/test_ingest_reader_properties.py \
+		tests/inference/test_request_properties.py
 
 bench: $(BENCH_STAMP) $(BENTOML_STAMP) $(EVIDENTLY_STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)

@@ -17,7 +17,8 @@ being written and are skipped.
 A file whose key would leave the bucket is never published: every file goes
 through ``falaj.objects.Buckets.locate``, the same check the ingest function
 reads through, so a symlink to something outside the folder is refused (logged
-and audited once, not at every scan).
+and audited once, not at every scan). A file whose name is not UTF-8 is refused
+too (logged once): no notification can name it.
 
 What was published is remembered (SQLite under ``<home>/state/storage-source``),
 so a restart does not publish an unchanged file again. The event id is derived
@@ -275,18 +276,32 @@ class StorageSource:
         return event
 
     def _locate(self, path: Path, key: str) -> ObjectLocation | None:
-        """The object's checked location, or None for a file whose key leaves the bucket."""
+        """The object's checked location, or None for a file whose key leaves the bucket
+        or that no key can name."""
         mtime_ns = path.lstat().st_mtime_ns
         if self._refused.get(key) == mtime_ns:
             return None
         try:
-            location = self.buckets.locate(self.bucket, key)
+            location = self.buckets.locate(self.bucket, self._nameable(key))
         except ObjectKeyError as exc:
             self._refused[key] = mtime_ns
-            self.log.warning("object refused; not published", key=key, error=str(exc))
+            self.log.warning("object refused; not published", key=_shown(key), error=str(exc))
             return None
         self._refused.pop(key, None)
         return location
+
+    def _nameable(self, key: str) -> str:
+        """``key``, when a notification can carry it. A file name that is not UTF-8 comes
+        from the OS with its bytes as surrogates, which no JSON or URL-encoding can hold."""
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ObjectKeyError(
+                f"file {_shown(key)!r} in bucket {self.bucket!r} is refused: its name is not "
+                f"UTF-8 (byte 0x{ord(key[exc.start]) & 0xFF:02x} at character {exc.start}); "
+                "expected a UTF-8 file name: rename the file"
+            ) from None
+        return key
 
     def _record(
         self, key: str, mtime_ns: int, digest: ContentDigest, content_type: str
@@ -314,6 +329,11 @@ class StorageSource:
         )
 
 
+def _shown(key: str) -> str:
+    """A key as logs show it: bytes that are not UTF-8 as ``\\xNN`` escapes."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eventing.storage_source")
     parser.add_argument("--watch", type=Path, help="the landing folder (default <home>/landing)")
@@ -338,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         watch: Path = args.watch or ctx.paths.landing
         watch.mkdir(parents=True, exist_ok=True)
         ledger = Ledger(ctx.paths.state / "storage-source" / "published.db")
-        publisher = EventPublisher(settings.broker_ingress, settings.bearer_token())
+        publisher = EventPublisher.from_context(ctx)
         source = StorageSource(ctx, watch, publisher, ledger, bucket=args.bucket)
         source.check_residency()
     except FalajError as exc:

@@ -17,6 +17,7 @@ before locating, so that ``%2E%2E%2F`` is seen for the ``../`` it is.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 LANDING_BUCKET = "landing"
 #: A backslash is a separator on Windows; splitting on it too keeps ``..\\`` out everywhere.
 _SEGMENTS = re.compile(r"[/\\]")
+#: Characters that end a URI's host or change what it names (RFC 3986 gen-delims), and controls.
+_NOT_IN_HOST = re.compile(r"[/\\:?#\[\]@\x00-\x1f\x7f]")
 _KEY_EXAMPLE = "a key relative to its bucket, such as 'day1.csv' or '2026/day1.csv'"
 
 
@@ -66,6 +69,14 @@ def bucket_problem(bucket: str) -> str | None:
         return "it is empty"
     if bucket in (".", "..") or _SEGMENTS.search(bucket) or "\x00" in bucket:
         return "it is not a single name (it has a separator, a NUL, or is '.' or '..')"
+    # In s3://<bucket>/<key> these end the host or make it an IPv6 address, also once
+    # NFKC-normalised as URL parsers do: the location would name another bucket, or none.
+    found = _NOT_IN_HOST.search(unicodedata.normalize("NFKC", bucket))
+    if found:
+        return (
+            f"it holds {found.group()!r} (or a character that normalises to it), "
+            "which a bucket's name cannot"
+        )
     return None
 
 

@@ -16,6 +16,7 @@ from cloudevents.http import CloudEvent
 from falaj.closeable import Closeable
 from falaj.context import Context
 from falaj.errors import PublishError
+from falaj.residency import stays_here
 from falaj.settings import Settings
 from falaj.tls import client_verify
 
@@ -55,12 +56,15 @@ class EventPublisher(Closeable):
 
         The broker's ingress is an outbound destination like a dead-letter sink
         or KServe's logger URL (the router's payload log posts there): one
-        outside the allowed regions is refused here, audited, at the start of
-        the process, before any event could leave.
+        elsewhere than this machine or cluster, outside the allowed regions, is
+        refused here, audited, at the start of the process, before any event
+        could leave.
         """
-        ctx.policy.check_destination(
-            ctx.settings.broker_ingress, resource=f"{ctx.actor} events (FALAJ_BROKER_URL)"
-        )
+        url = ctx.settings.broker_ingress
+        # A broker on this machine or in this cluster is where the process itself
+        # runs (its own region is the job-launch and event boundaries' business).
+        if not stays_here(url):
+            ctx.policy.check_destination(url, resource=f"{ctx.actor} events (FALAJ_BROKER_URL)")
         return cls.from_settings(ctx.settings, timeout_s=timeout_s)
 
     @classmethod

@@ -107,9 +107,7 @@ class ResidencyPolicy:
         service name) are where this process runs; anything else has the region
         ``FALAJ_STORAGE_REGIONS`` declares for it, or none.
         """
-        host = urlparse(url).hostname or ""
-        in_cluster = host.endswith((".svc", ".svc.cluster.local")) or (host and "." not in host)
-        if _is_loopback(host) or in_cluster:
+        if stays_here(url):
             return self.local_region
         # Declared prefixes name the place, not who logs in there.
         return self.region_of(without_credentials(url, mask=""))
@@ -121,6 +119,13 @@ class ResidencyPolicy:
             resource=f"{resource} -> {without_credentials(url)}",
             boundary=Boundary.SINK,
         )
+
+
+def stays_here(url: str) -> bool:
+    """True for this machine (loopback) and the cluster itself (a ``*.svc`` host, a bare name)."""
+    host = urlparse(url).hostname or ""
+    in_cluster = host.endswith((".svc", ".svc.cluster.local")) or bool(host and "." not in host)
+    return _is_loopback(host) or in_cluster
 
 
 def _covers(prefix: str, location: str) -> bool:

@@ -72,6 +72,12 @@ class Settings(BaseModel):
     ray_address: str | None = Field(
         default=None, description="defaults to http://host:ray_dashboard_port"
     )
+    ray_token_file: Path | None = Field(
+        default=None,
+        description="the token the Ray head requires (Ray's token authentication, "
+        "RAY_AUTH_MODE=token), in a file; falaj up writes <home>/keys/ray.token for the head it "
+        "starts. Unset, the Ray head is taken to run without authentication",
+    )
     token: SecretStr | None = Field(default=None, description="this process's bearer token")
     token_file: Path | None = Field(
         default=None, description="a file holding the bearer token (a mounted Secret)"

@@ -44,6 +44,8 @@ BYTES = "BYTES"
 MAX_ID_CHARS = 64
 #: Problems listed in one message at most; the count says how many more there were.
 MAX_LISTED = 8
+#: Sizes in a V2 shape at most: the inputs taken are [N] and [N, F], and numpy's limit is 64.
+MAX_DIMS = 8
 
 Matrix = npt.NDArray[np.float32]
 
@@ -66,16 +68,21 @@ def _fail(what: str, problems: list[str]) -> InvalidPayload:
 
 
 def _number(value: object) -> float | None:
-    """A finite float, or None; bools are not numbers here."""
+    """A finite float, or None; bools are not numbers here, nor an integer past float's range."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # JSON integers have no bound; Python's json reads them whole
+        return None
     return number if math.isfinite(number) else None
 
 
 def _describe(value: object) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and _number(value) is None:
+        return "an integer too large for a float"
     return type(value).__name__
 
 
@@ -126,18 +133,43 @@ def tensor_from_json(raw: object) -> Tensor:
     """One V2 input tensor from its JSON form (as the router forwards it)."""
     if not isinstance(raw, Mapping):
         raise InvalidPayload(f"expected each V2 input to be an object, got {_describe(raw)}")
-    name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidPayload(f"input {name!r}: expected shape as a list of sizes, got {shape!r}")
-    strings = str(datatype).upper() == BYTES
+    name, datatype = raw.get("name"), str(raw.get("datatype")).upper()
+    shape = checked_shape(name, raw.get("shape"))
+    what = "strings" if datatype == BYTES else "numbers"
     try:
-        values = np.asarray(raw.get("data"), dtype=object if strings else np.float32).reshape(shape)
-    except (TypeError, ValueError):
-        what = "strings" if strings else "numbers"
+        values = np.asarray(raw.get("data"), dtype=object if datatype == BYTES else np.float32)
+    except (TypeError, ValueError, OverflowError):
         raise InvalidPayload(
-            f"input {name!r}: expected {math.prod(shape)} {what} for shape {shape}"
+            f"input {name!r}: expected {math.prod(shape)} {what} for shape {list(shape)}, "
+            "got data that is not a (nested) list of them"
         ) from None
-    return Tensor(str(name), str(datatype).upper(), tuple(shape), values)
+    return Tensor(str(name), datatype, shape, shaped(name, values, shape, what))
+
+
+def checked_shape(name: object, shape: object) -> tuple[int, ...]:
+    """A V2 input's shape: a list of sizes, whole numbers none negative, at most ``MAX_DIMS``."""
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        shown = repr(shape) if len(repr(shape)) <= 60 else repr(shape)[:60] + "..."
+        raise InvalidPayload(
+            f"input {name!r}: expected shape as a list of at most {MAX_DIMS} sizes (whole "
+            f"numbers, none negative), got {shown}"
+        )
+    return tuple(shape)
+
+
+def shaped(name: object, values: npt.NDArray[Any], shape: tuple[int, ...], what: str) -> Any:
+    """``values`` in ``shape``, refused by their count before anything of that shape is
+    made: [2**40, 2**40] declares more elements than any request carries."""
+    declared = math.prod(shape)
+    if values.size != declared:
+        raise InvalidPayload(
+            f"input {name!r}: expected {declared} {what} for shape {list(shape)}, got {values.size}"
+        )
+    return values.reshape(shape)
 
 
 def matrix_from_tensors(tensors: Sequence[Tensor], features: Sequence[str]) -> Matrix:

@@ -26,6 +26,7 @@ address versions by URL (STACK.md), so each version runs in its own server.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,7 @@ from inference.inputs import (
     OUTPUT_NAME,
     Matrix,
     Tensor,
+    checked_shape,
     entity_ids_from_instances,
     entity_ids_from_tensors,
     matrix_from_instances,
@@ -444,26 +446,21 @@ def _store_errors() -> Iterator[None]:
 def _tensor(infer_input: Any) -> Tensor:
     """A KServe input (REST or gRPC) as a checked Tensor; data is decoded for FP32 and BYTES."""
     name, datatype = str(infer_input.name), str(infer_input.datatype).upper()
-    shape = tuple(int(d) for d in infer_input.shape)
-    if datatype == BYTES:
-        try:
-            strings = np.asarray(infer_input.as_numpy(), dtype=object)
-        except (TypeError, ValueError):
-            raise InvalidPayload(
-                f"input {name!r}: expected {int(np.prod(shape))} {BYTES} elements for shape "
-                f"{list(shape)}"
-            ) from None
-        return Tensor(name, datatype, shape, strings)
-    if datatype != DATATYPE:
+    shape = checked_shape(name, list(infer_input.shape))
+    if datatype not in (BYTES, DATATYPE):
         return Tensor(name, datatype, shape, np.empty(0, dtype=np.float32))
+    what = f"{datatype} {'elements' if datatype == BYTES else 'numbers'}"
     try:
-        values = np.asarray(infer_input.as_numpy(), dtype=np.float32)
-    except (TypeError, ValueError):
+        values = np.asarray(
+            infer_input.as_numpy(), dtype=object if datatype == BYTES else np.float32
+        )
+    except (TypeError, ValueError, OverflowError):
+        # An integer past float's range (JSON has no bound), ragged lists, or a count
+        # that is not the shape's (checked by KServe's reshape, which makes no copy).
         data = infer_input.data
         got = f"{len(data)} values" if isinstance(data, list) else "data that does not fit it"
         raise InvalidPayload(
-            f"input {name!r}: expected {int(np.prod(shape))} {DATATYPE} numbers for shape "
-            f"{list(shape)}, got {got}"
+            f"input {name!r}: expected {math.prod(shape)} {what} for shape {list(shape)}, got {got}"
         ) from None
     return Tensor(name, datatype, shape, values)
 

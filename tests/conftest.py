@@ -15,9 +15,10 @@ import pytest
 from falaj.context import Context
 from falaj.manifest_schemas import SchemaStore
 from falaj.runtime.processes import ManagedProcess, free_port
-from falaj.runtime.ray_head import RayHeadConfig, start_ray_head
+from falaj.runtime.ray_head import RayHeadConfig, issue_ray_token, start_ray_head
 from falaj.settings import Settings
 from tests.support.event_sink import EventSink
+from tests.support.ray_jobs import RayHead
 
 
 @pytest.fixture
@@ -32,16 +33,18 @@ def ctx(settings: Settings) -> Context:
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The address of the shared Ray Jobs API (http://host:port)."""
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    """The shared Ray head, with token authentication as ``falaj up`` starts it."""
     host = "127.0.0.1"
     port = free_port(host)
     log_dir = tmp_path_factory.mktemp("ray")
+    token_file = issue_ray_token(log_dir / "ray.token")
     head: ManagedProcess = start_ray_head(
-        RayHeadConfig(host=host, dashboard_port=port, log_dir=log_dir), env=dict(os.environ)
+        RayHeadConfig(host=host, dashboard_port=port, log_dir=log_dir, token_file=token_file),
+        env=dict(os.environ),
     )
     try:
-        yield f"http://{host}:{port}"
+        yield RayHead(f"http://{host}:{port}", token_file)
     finally:
         head.stop()
 

@@ -30,7 +30,7 @@ from falaj.auth import Role, write_token_file
 from falaj.context import Context
 from falaj.manifests import load_topology
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, free_port, port_open
-from falaj.runtime.ray_head import RayHeadConfig, ray_env, start_ray_head
+from falaj.runtime.ray_head import RayHeadConfig, issue_ray_token, ray_env, start_ray_head
 from falaj.settings import ENV_PREFIX, PROJECT_ROOT, Settings
 from falaj.tls import client_verify
 from falaj.topology import SourceSpec, Topology
@@ -153,7 +153,10 @@ class LocalPlatform:
         settings = self.settings.model_copy(
             update={"token": None, "token_file": service_file, "rabbitmq_url": None}
         )
-        env = ray_env({k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")})
+        env = ray_env(
+            {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")},
+            token_file=self.settings.ray_token_file,
+        )
         env.update(settings.to_env())
         env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
@@ -185,11 +188,15 @@ class LocalPlatform:
             )
             return
         progress(f"Ray head (dashboard and Jobs API on :{self.settings.ray_dashboard_port})")
+        # Token authentication: nothing else on the machine may submit code to it.
+        token_file = issue_ray_token(self.paths.keys / "ray.token")
+        self.settings = self.settings.model_copy(update={"ray_token_file": token_file})
         head = start_ray_head(
             RayHeadConfig(
                 host=self.settings.host,
                 dashboard_port=self.settings.ray_dashboard_port,
                 log_dir=self.paths.logs,
+                token_file=token_file,
             ),
             env=env,
         )

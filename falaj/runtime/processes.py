@@ -138,8 +138,10 @@ class ReadyCheck:
         path: str | None = None,
         *,
         tls: ssl.SSLContext | bool | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.host, self.port, self.path, self.tls = host, port, path, tls
+        self.headers = dict(headers or {})
 
     def __call__(self) -> bool:
         if self.path is None:
@@ -147,7 +149,7 @@ class ReadyCheck:
         scheme, verify = ("http", True) if self.tls is None else ("https", self.tls)
         try:
             url = f"{scheme}://{self.host}:{self.port}{self.path}"
-            response = httpx.get(url, timeout=1.0, verify=verify)
+            response = httpx.get(url, timeout=1.0, verify=verify, headers=self.headers)
         except httpx.HTTPError:
             return False
         return response.status_code < 300

@@ -4,11 +4,18 @@
 children and tears them down when it is signalled, so the head stops with it
 and no ``ray stop`` (which takes ~7 s and stops every Ray on the machine) is
 needed.
+
+With a token file the head runs Ray's token authentication (``RAY_AUTH_MODE=token``,
+Ray 2.52 on): the dashboard, the Jobs API and the GCS refuse any caller without
+the token, so nothing else on the machine can submit code to it. ``falaj up``
+writes one (``<home>/keys/ray.token``); every platform process that talks to
+Ray reads it through ``FALAJ_RAY_TOKEN_FILE``, and the jobs inherit it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +40,8 @@ class RayHeadConfig:
     num_cpus: int = 2
     # Ray's default GCS port is 6379, Redis's; pick a free one instead.
     gcs_port: int | None = None
+    #: Ray's token authentication, with the token in this file; None: none.
+    token_file: Path | None = None
 
 
 #: Ray Train v2's controller polls its workers every 2 s by default, and a run
@@ -42,13 +51,36 @@ class RayHeadConfig:
 RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
-def ray_env(base: dict[str, str] | None = None) -> dict[str, str]:
+def ray_env(
+    base: dict[str, str] | None = None, *, token_file: Path | None = None
+) -> dict[str, str]:
+    """The environment of a Ray process (the head, a driver): auth, no usage reporting."""
     env = dict(os.environ if base is None else base)
-    # No ~/.ray/auth_token files, no usage reporting from a machine with no network.
-    env.setdefault("RAY_AUTH_MODE", "disabled")
+    if token_file is None:
+        # No ~/.ray/auth_token files where Ray runs without authentication.
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+    else:
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    # No usage reporting from a machine with no network.
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.update(RAY_TRAIN_ENV)
     return env
+
+
+def issue_ray_token(path: Path) -> Path:
+    """Write a fresh token for a head's authentication, readable by its owner only."""
+    from falaj.auth import write_token_file
+
+    write_token_file(path, secrets.token_hex(32))
+    return path
+
+
+def ray_auth_headers(token_file: Path | None) -> dict[str, str]:
+    """The header a client of the dashboard and Jobs API presents (none without a token)."""
+    if token_file is None:
+        return {}
+    return {"Authorization": f"Bearer {token_file.read_text().strip()}"}
 
 
 def start_ray_head(config: RayHeadConfig, env: dict[str, str] | None = None) -> ManagedProcess:
@@ -76,7 +108,7 @@ def start_ray_head(config: RayHeadConfig, env: dict[str, str] | None = None) -> 
     process = ManagedProcess(
         name="ray-head",
         argv=argv,
-        env=ray_env(env),
+        env=ray_env(env, token_file=config.token_file),
         log_path=config.log_dir / "ray-head.log",
         # `ray start --block` takes 30 s and more to act on SIGTERM; its children
         # (GCS, raylet, dashboard) share its process group and die with SIGKILL.
@@ -84,17 +116,20 @@ def start_ray_head(config: RayHeadConfig, env: dict[str, str] | None = None) -> 
         cleanup=(Path(temp_dir),),
     ).start()
     try:
+        headers = ray_auth_headers(config.token_file)
         process.wait_ready(
-            ReadyCheck(config.host, config.dashboard_port, "/api/version"), timeout_s=120.0
+            ReadyCheck(config.host, config.dashboard_port, "/api/version", headers=headers),
+            timeout_s=120.0,
         )
-        _wait_for_job_agent(f"http://{config.host}:{config.dashboard_port}", timeout_s=120.0)
+        address = f"http://{config.host}:{config.dashboard_port}"
+        _wait_for_job_agent(address, headers, timeout_s=120.0)
     except BaseException:
         process.stop()
         raise
     return process
 
 
-def _wait_for_job_agent(address: str, timeout_s: float) -> None:
+def _wait_for_job_agent(address: str, headers: dict[str, str], timeout_s: float) -> None:
     """Until the head takes a job: one that does nothing is submitted.
 
     The dashboard answers before the head's job agent has registered, and a
@@ -105,7 +140,7 @@ def _wait_for_job_agent(address: str, timeout_s: float) -> None:
     from ray.job_submission import JobSubmissionClient
 
     deadline = time.monotonic() + timeout_s
-    client = JobSubmissionClient(address)
+    client = JobSubmissionClient(address, headers=headers)
     while True:
         try:
             client.submit_job(entrypoint="true", metadata={"falaj": "ready-check"})

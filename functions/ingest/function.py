@@ -21,6 +21,7 @@ beside a reason file, and ``data.rejected`` goes out instead of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -61,6 +62,9 @@ from functions.ingest.reader import CHUNK_ROWS, FileKind, kind_of, read_chunks
 from functions.ingest.stream import ROLL_ROWS, ROLL_S, RecordJournal
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Characters of a file name made from a key and a version, at most: file systems take
+#: 255 bytes a name, and a key (1024 in S3) or a version may be longer than that alone.
+_MAX_NAME = 200
 #: Records that broke the contract, one JSON line each, under the quarantine folder.
 STREAM_QUARANTINE = "stream-records.jsonl"
 
@@ -336,7 +340,7 @@ class IngestFunction(CloudEventFunction):
     def _store_quality(self, quality: QualityReport, *, location: str, version: str) -> DataQuality:
         """Keep a batch's quality report beside the others (the caller sends it)."""
         folder = self.ctx.paths.quality / quality.schema.dataset
-        where = folder / f"{_UNSAFE.sub('_', f'{location}-{version}')}.json"
+        where = folder / f"{_file_name(f'{location}-{version}')}.json"
         self.ctx.policy.check_location(str(where))
         report = quality.report(
             location=location, object_version=version, report_location=str(where)
@@ -481,7 +485,17 @@ class IngestFunction(CloudEventFunction):
 
 def _stem(landed: Landed) -> str:
     """A file name for an object version: its key and version, made safe (no separators)."""
-    return _UNSAFE.sub("_", f"{landed.location.key}-{landed.object_version}")
+    return _file_name(f"{landed.location.key}-{landed.object_version}")
+
+
+def _file_name(text: str) -> str:
+    """``text`` as one safe file name; a long one cut, with a digest of the whole so that
+    two objects never share a name."""
+    safe = _UNSAFE.sub("_", text)
+    if len(safe) <= _MAX_NAME:
+        return safe
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{safe[: _MAX_NAME - len(digest) - 1]}-{digest}"
 
 
 def _json_row(table: pa.Table) -> dict[str, object]:

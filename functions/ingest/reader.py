@@ -12,8 +12,10 @@ than the header, a JSON Lines line that is not a JSON object) is a bad row,
 not a bad file: it comes in its place among the others, marked with the
 reserved columns of ``falaj.validation``, and is quarantined with its reason.
 A file none of whose rows can be split is refused whole. So is a file that is
-not UTF-8 text, with a message that says so. Blank lines are not rows: row
-numbers count the rows that came, from 1, as ``validate_table`` numbers them.
+not UTF-8 text, with a message that says so, and a Parquet file whose columns do
+not hold what their types say (a damaged page, text that is not UTF-8). Blank
+lines are not rows: row numbers count the rows that came, from 1, as
+``validate_table`` numbers them.
 
 A name ending in ``.gz``/``.gzip`` or ``.zst``/``.zstd`` is decompressed as
 it is read, in the same bounded chunks.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +58,8 @@ _OTHER_ENCODINGS = (
     (codecs.BOM_UTF16_BE, "UTF-16"),
 )
 _AS_UTF8 = "expected UTF-8 text: save or export the file as UTF-8"
+#: pyarrow's error for a CSV row that does not split (the header counts as row 1).
+_UNSPLIT_NOT_UTF8 = re.compile(r"CSV parse error: (?:Row #(\d+): )?Expected \d+ columns, got \d+")
 
 
 class FileFormat(StrEnum):
@@ -151,6 +156,12 @@ def _detail(exc: BaseException) -> str:
     text = str(exc).strip()
     if "invalid UTF8" in text:  # pyarrow's CSV reader, past the first lines
         return f"it is not UTF-8 text; {_AS_UTF8}"
+    unsplit = _UNSPLIT_NOT_UTF8.match(text)
+    if unsplit:
+        # _CsvUnsplit keeps every row that does not split; pyarrow raises this instead
+        # only for a row it could not hand over, as it cannot decode the row's text.
+        where = f" (row {int(unsplit[1]) - 1})" if unsplit[1] else ""
+        return f"it is not UTF-8 text{where}; {_AS_UTF8}"
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
@@ -167,13 +178,28 @@ def _chunks(path: Path, kind: FileKind, chunk_rows: int) -> Iterator[pa.Table]:
         batches = 0
         for batch in parquet.iter_batches(batch_size=chunk_rows):
             batches += 1
-            yield pa.Table.from_batches([batch])
+            yield _valid(pa.Table.from_batches([batch]), path, kind)
         if batches == 0:
             yield parquet.schema_arrow.empty_table()
     elif kind.file_format is FileFormat.CSV:
         yield from _csv(path, kind)
     else:
         yield from _jsonl(path, kind, chunk_rows)
+
+
+def _valid(table: pa.Table, path: Path, kind: FileKind) -> pa.Table:
+    """``table``, once each column holds what its type says. Pages without checksums can
+    decode, damaged, into text that is not UTF-8, which no later step could read."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise SchemaError(
+                f"{path.name} cannot be parsed as {kind}: column {name!r} does not hold valid "
+                f"{column.type} values ({_detail(exc)}); expected the file as its writer made "
+                "it, with text in UTF-8: was it damaged on the way?"
+            ) from None
+    return table
 
 
 class _Unsplit:

@@ -140,7 +140,7 @@ class TrainingLauncherFunction(CloudEventFunction):
                 template=load_template(settings.manifests_dir),
                 policy=self.ctx.policy,
             )
-        return RayJobs(settings.ray_jobs_address)
+        return RayJobs(settings.ray_jobs_address, token_file=settings.ray_token_file)
 
     @property
     def jobs(self) -> TrainingJobs:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import requests
 from ray.job_submission import JobSubmissionClient
 
-from falaj.runtime.ray_head import ray_env
+from falaj.runtime.ray_head import ray_auth_headers, ray_env
 from falaj.settings import ENV_PREFIX, PROJECT_ROOT, SECRET_SETTINGS, Settings
 from falaj.training_runs import TrainingRequest
 from functions.training_launcher.errors import JobSubmissionFailed
@@ -111,9 +111,9 @@ def job_env(
         env[f"{ENV_PREFIX}TOKEN_FILE"] = str(token_file.resolve())
     if secrets_file is not None:
         env[f"{ENV_PREFIX}SECRETS_FILE"] = str(secrets_file.resolve())
-    # The same Ray settings as the local head: the job's own ray.init must not
-    # expect a token the head never issued, and Ray Train polls as fast.
-    env.update(ray_env({}))
+    # The same Ray settings as the head: the job's own ray.init presents the
+    # head's token (or expects none where it has none), and Ray Train polls as fast.
+    env.update(ray_env({}, token_file=settings.ray_token_file))
     # The job's working directory is a Ray temp dir; the project root on the
     # path makes `-m training.job` import even where it is not installed.
     env["PYTHONPATH"] = str(PROJECT_ROOT)
@@ -133,8 +133,10 @@ class JobsBackend(Protocol):
 class RayJobs:
     """A thin boundary over ``JobSubmissionClient``: Ray's errors become ``JobSubmissionFailed``."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, token_file: Path | None = None) -> None:
         self.address = address
+        #: Ray's token authentication: the Jobs API refuses a client without it.
+        self.token_file = token_file
         self._client: JobSubmissionClient | None = None
 
     def submit(self, spec: JobSpec) -> str:
@@ -190,7 +192,8 @@ class RayJobs:
         # Connecting checks the head's version over HTTP, so it is done on the
         # first use, not when the function starts (Ray may come up after it).
         if self._client is None:
-            self._client = JobSubmissionClient(self.address)
+            headers = ray_auth_headers(self.token_file)
+            self._client = JobSubmissionClient(self.address, headers=headers)
         return self._client
 
 

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 from pydantic import SecretStr
-from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.job_submission import JobStatus
 from typer.testing import CliRunner
 
 from falaj.auth import Role, write_token_file
@@ -63,7 +63,7 @@ from tests.inference.conftest import BrokerStandIn, wait_until
 from tests.support.event_sink import EventSink
 from tests.support.loans import generate_applications
 from tests.support.notifications import AWS_PUT, record
-from tests.support.ray_jobs import wait_for_job
+from tests.support.ray_jobs import RayHead, wait_for_job
 from training.lineage import code_commit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -159,14 +159,15 @@ def broker() -> Iterator[BrokerStandIn]:
 def test_loan_applications_go_through_the_whole_loop(
     tmp_path: Path,
     feature_repo: Path,
-    ray_head: str,
+    ray_head: RayHead,
     event_sink: EventSink,
     broker: BrokerStandIn,
 ) -> None:
     settings = Settings(
         home=tmp_path / ".falaj",
         feature_repo=feature_repo,
-        ray_address=ray_head,
+        ray_address=ray_head.address,
+        ray_token_file=ray_head.token_file,
         broker_url=event_sink.url,
         router_port=free_port(),
     )
@@ -266,7 +267,7 @@ def test_loan_applications_go_through_the_whole_loop(
         assert (joined[name] == joined[f"{name}_landed"]).all(), name
 
     # -- 5. data.ingested of loans trains loan_default (and nothing else) on Ray
-    jobs = JobSubmissionClient(ray_head)
+    jobs = ray_head.client()
     launcher = TrainingLauncherFunction()
     launcher.start(ctx)
     runs: list[TrainingRun] = []

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from pydantic import SecretStr
-from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.job_submission import JobStatus
 
 from eventing.ping_source import PingSpec, ping_event
 from falaj.audit import AuditLog
@@ -57,7 +57,7 @@ from functions.training_launcher import function as launcher_module
 from functions.training_launcher.errors import JobSubmissionFailed
 from functions.training_launcher.ray_jobs import LOST, JobSpec, JobState, job_env, job_spec
 from tests.support.event_sink import EventSink
-from tests.support.ray_jobs import wait_for_job
+from tests.support.ray_jobs import RayHead, wait_for_job
 from training.export import to_onnx
 from training.model import NetworkSpec, ProbabilityModel, TabularMLP
 
@@ -241,7 +241,7 @@ class RayThatRuns:
 @pytest.fixture
 def jobs_api(monkeypatch: pytest.MonkeyPatch) -> RayThatRuns:
     fake = RayThatRuns()
-    monkeypatch.setattr(launcher_module, "RayJobs", lambda address: fake)
+    monkeypatch.setattr(launcher_module, "RayJobs", lambda address, token_file=None: fake)
     return fake
 
 
@@ -725,9 +725,14 @@ def onnx_outputs(onnx_bytes: bytes, features: np.ndarray) -> np.ndarray:
 
 @pytest.mark.ray
 def test_events_train_versions_on_ray_one_job_at_a_time(
-    ray_head: str, tmp_path: Path, event_sink: EventSink
+    ray_head: RayHead, tmp_path: Path, event_sink: EventSink
 ) -> None:
-    settings = Settings(home=tmp_path / ".falaj", ray_address=ray_head, broker_url=event_sink.url)
+    settings = Settings(
+        home=tmp_path / ".falaj",
+        ray_address=ray_head.address,
+        ray_token_file=ray_head.token_file,
+        broker_url=event_sink.url,
+    )
     ctx = Context.create(settings, actor="training-launcher")
     token = ctx.tokens.issue("training-launcher", Role.SERVICE)
     settings = settings.model_copy(update={"token": SecretStr(token)})
@@ -738,7 +743,7 @@ def test_events_train_versions_on_ray_one_job_at_a_time(
     store.apply()
     store.write_offline(validate_frame(schema, generate_transactions(3000, seed=11)).good)
 
-    client = JobSubmissionClient(ray_head)
+    client = ray_head.client()
     # The watcher stays off: the test itself says when the launcher looks again.
     launcher = TrainingLauncherFunction(watch=False)
     launcher.start(ctx)
@@ -832,16 +837,17 @@ def test_events_train_versions_on_ray_one_job_at_a_time(
 
 @pytest.mark.ray
 def test_a_job_stopped_on_ray_is_announced_failed_by_the_watcher(
-    ray_head: str, tmp_path: Path, event_sink: EventSink
+    ray_head: RayHead, tmp_path: Path, event_sink: EventSink
 ) -> None:
     settings = Settings(
         home=tmp_path / ".falaj",
-        ray_address=ray_head,
+        ray_address=ray_head.address,
+        ray_token_file=ray_head.token_file,
         broker_url=event_sink.url,
         training_watch_interval_s=0.2,
     )
     ctx = Context.create(settings, actor="training-launcher")
-    client = JobSubmissionClient(ray_head)
+    client = ray_head.client()
     launcher = TrainingLauncherFunction()  # its watcher asks Ray, unprompted
     launcher.start(ctx)
     try:

@@ -4,8 +4,28 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
+
+from falaj.runtime.ray_head import ray_auth_headers
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """The tests' shared Ray head: its Jobs API and the token it requires."""
+
+    address: str
+    token_file: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings that point a platform at this head, as environment variables."""
+        return {"FALAJ_RAY_ADDRESS": self.address, "FALAJ_RAY_TOKEN_FILE": str(self.token_file)}
+
+    def client(self) -> JobSubmissionClient:
+        return JobSubmissionClient(self.address, headers=ray_auth_headers(self.token_file))
 
 
 def wait_for_job(client: JobSubmissionClient, job_id: str, timeout_s: float = 300.0) -> JobStatus:

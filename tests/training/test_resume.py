@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.job_submission import JobStatus
 
 from falaj.context import Context
 from falaj.settings import Settings
 from functions.training_launcher.ray_jobs import job_env
-from tests.support.ray_jobs import wait_for_job
+from tests.support.ray_jobs import RayHead, wait_for_job
 from training.data import LabelledRows, TrainingData
 from training.errors import TrainingError
 from training.train import CHECKPOINT_FILE, TrainConfig, TrainedModel, train
@@ -124,11 +124,11 @@ def main(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def runs(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def runs(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     home = tmp_path_factory.mktemp("resume") / ".falaj"
     out = home.parent / "runs.json"
-    settings = Settings(home=home, ray_address=ray_head)
-    client = JobSubmissionClient(ray_head)
+    settings = Settings(home=home, ray_address=ray_head.address, ray_token_file=ray_head.token_file)
+    client = ray_head.client()
     job_id = client.submit_job(
         entrypoint=shlex.join([sys.executable, "-m", JOB_MODULE, str(out)]),
         runtime_env={"env_vars": job_env(settings, token_file=None)},

@@ -19,6 +19,7 @@ from falaj.runtime.platform import LocalPlatform
 from falaj.runtime.processes import ManagedProcess, free_port, port_open
 from falaj.settings import PROJECT_ROOT, Settings
 from tests.support.models import WEIGHTS_V1, register
+from tests.support.ray_jobs import RayHead
 
 FALAJ = str(Path(sys.executable).with_name("falaj"))
 
@@ -63,11 +64,11 @@ def _served_version(home: Path) -> int:
 
 
 @pytest.mark.ray
-def test_up_predict_status_down(tmp_path: Path, ray_head: str) -> None:
+def test_up_predict_status_down(tmp_path: Path, ray_head: RayHead) -> None:
     ports = {"FALAJ_BROKER_PORT": free_port(), "FALAJ_ROUTER_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
     env.update({k: str(v) for k, v in ports.items()})
-    env["FALAJ_RAY_ADDRESS"] = ray_head
+    env.update(ray_head.env)
     home = tmp_path / ".falaj"
     version = _served_version(home)
     up = ManagedProcess(

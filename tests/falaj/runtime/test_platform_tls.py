@@ -30,6 +30,7 @@ from falaj.settings import Settings
 from falaj.tls import listener_files
 from tests.falaj.runtime.test_platform import FALAJ, _served_version
 from tests.support.models import sample_rows
+from tests.support.ray_jobs import RayHead
 
 
 def _certificates(directory: Path) -> dict[str, Path]:
@@ -65,14 +66,16 @@ def test_a_certificate_without_its_key_or_unreadable_is_refused_naming_the_setti
 
 
 @pytest.mark.ray
-def test_every_listener_serves_tls_and_the_loop_runs_over_it(tmp_path: Path, ray_head: str) -> None:
+def test_every_listener_serves_tls_and_the_loop_runs_over_it(
+    tmp_path: Path, ray_head: RayHead
+) -> None:
     files = _certificates(tmp_path)
     ports = {"FALAJ_BROKER_PORT": free_port(), "FALAJ_ROUTER_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
     env.update({k: str(v) for k, v in ports.items()})
     env.update(
         {
-            "FALAJ_RAY_ADDRESS": ray_head,
+            **ray_head.env,
             "FALAJ_TLS_CERT_FILE": str(files["cert"]),
             "FALAJ_TLS_KEY_FILE": str(files["key"]),
             "FALAJ_TLS_CA_FILE": str(files["ca"]),
