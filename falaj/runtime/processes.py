@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -86,7 +86,9 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def wait_ready(self, check: ReadyCheck, timeout_s: float = 60.0, poll_s: float = 0.1) -> None:
+    def wait_ready(
+        self, check: Callable[[], bool], timeout_s: float = 60.0, poll_s: float = 0.1
+    ) -> None:
         """Poll ``check`` until it passes, the process dies, or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

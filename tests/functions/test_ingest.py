@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import queue
@@ -67,6 +68,18 @@ class CapturingIngest(IngestFunction):
             self.quality.append(data)
         else:
             self.emitted.append((event_type, data))
+
+
+@contextlib.contextmanager
+def running_ingest(home: Path) -> Iterator[CapturingIngest]:
+    """One started ``CapturingIngest`` on ``home``, stopped at the end (Feast's start
+    costs seconds: the property tests share one across their examples)."""
+    started = CapturingIngest()
+    started.start(Context.create(Settings(home=home), actor="test"))
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture

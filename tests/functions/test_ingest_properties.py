@@ -21,11 +21,16 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 
-from falaj.context import Context
 from falaj.events import DataIngested, EventType
 from falaj.schema import DType, FeatureSchema, load_schema
 from falaj.settings import Settings
-from tests.functions.test_ingest import CapturingIngest, created, land, offline_files
+from tests.functions.test_ingest import (
+    CapturingIngest,
+    created,
+    land,
+    offline_files,
+    running_ingest,
+)
 from tests.support.rows import Kind, Row, broken, rows, rule_breaks
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,13 +42,8 @@ SCHEMA = load_schema(Settings())
 def function(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CapturingIngest]:
     """One started function for every example (Feast's start costs seconds): each example
     lands a file of its own, a new object to the function."""
-    home = tmp_path_factory.mktemp("properties") / ".falaj"
-    started = CapturingIngest()
-    started.start(Context.create(Settings(home=home), actor="test"))
-    try:
+    with running_ingest(tmp_path_factory.mktemp("properties") / ".falaj") as started:
         yield started
-    finally:
-        started.stop()
 
 
 def csv_of(schema: FeatureSchema, drawn: list[Row]) -> bytes:

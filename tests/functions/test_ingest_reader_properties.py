@@ -30,7 +30,6 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from falaj.context import Context
 from falaj.demo.data import generate_transactions
 from falaj.errors import SchemaError
 from falaj.events import DataIngested, DataRejected, EventType
@@ -39,7 +38,13 @@ from falaj.settings import Settings
 from falaj.validation import SeenKeys, validate_table
 from functions.ingest import reader
 from functions.ingest.reader import FileKind, kind_of, read_chunks
-from tests.functions.test_ingest import CapturingIngest, created, land, offline_files
+from tests.functions.test_ingest import (
+    CapturingIngest,
+    created,
+    land,
+    offline_files,
+    running_ingest,
+)
 from tests.support.hostile import bounded, huge_numbers, json_bytes, json_values
 
 pytestmark = pytest.mark.timeout(600)
@@ -285,13 +290,8 @@ def test_hostile_json_lines_are_rows_or_a_file_refused_by_name(
 @pytest.fixture(scope="module")
 def function(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CapturingIngest]:
     """One started function for every example (Feast's start costs seconds)."""
-    home = tmp_path_factory.mktemp("hostile-ingest") / ".falaj"
-    started = CapturingIngest()
-    started.start(Context.create(Settings(home=home), actor="test"))
-    try:
+    with running_ingest(tmp_path_factory.mktemp("hostile-ingest") / ".falaj") as started:
         yield started
-    finally:
-        started.stop()
 
 
 #: Names a landed file may have: any characters a file name holds, up to the limit.

@@ -63,15 +63,16 @@ def _served_version(home: Path) -> int:
     return version
 
 
-@pytest.mark.ray
-def test_up_predict_status_down(tmp_path: Path, ray_head: RayHead) -> None:
-    ports = {"FALAJ_BROKER_PORT": free_port(), "FALAJ_ROUTER_PORT": free_port()}
+def platform_env(ray_head: RayHead, **settings: str) -> dict[str, str]:
+    """A ``falaj up`` environment: free ports, the shared Ray head, and ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    env.update({k: str(v) for k, v in ports.items()})
-    env.update(ray_head.env)
-    home = tmp_path / ".falaj"
-    version = _served_version(home)
-    up = ManagedProcess(
+    env.update({"FALAJ_BROKER_PORT": str(free_port()), "FALAJ_ROUTER_PORT": str(free_port())})
+    return {**env, **ray_head.env, **settings}
+
+
+def start_up(tmp_path: Path, home: Path, env: dict[str, str]) -> ManagedProcess:
+    """``falaj up`` in its own process; the caller stops it (by PID) and runs ``falaj down``."""
+    return ManagedProcess(
         name="falaj-up",
         argv=[FALAJ, "up", "--home", str(home)],
         env=env,
@@ -79,6 +80,15 @@ def test_up_predict_status_down(tmp_path: Path, ray_head: RayHead) -> None:
         cwd=tmp_path,
         grace_s=60.0,
     ).start()
+
+
+@pytest.mark.ray
+def test_up_predict_status_down(tmp_path: Path, ray_head: RayHead) -> None:
+    env = platform_env(ray_head)
+    ports = {name: int(env[name]) for name in ("FALAJ_BROKER_PORT", "FALAJ_ROUTER_PORT")}
+    home = tmp_path / ".falaj"
+    version = _served_version(home)
+    up = start_up(tmp_path, home, env)
     state = home / "run" / "platform.json"
     try:
         up.wait_ready(state.exists, timeout_s=120.0)

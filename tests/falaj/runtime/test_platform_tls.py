@@ -10,7 +10,6 @@ that does not trust the CA, and the predictor's gRPC port speaks only TLS.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -25,10 +24,9 @@ from falaj.client import PlatformClient
 from falaj.demo.data import generate_transactions
 from falaj.errors import ConfigError
 from falaj.events import EventType
-from falaj.runtime.processes import ManagedProcess, free_port
 from falaj.settings import Settings
 from falaj.tls import listener_files
-from tests.falaj.runtime.test_platform import FALAJ, _served_version
+from tests.falaj.runtime.test_platform import FALAJ, _served_version, platform_env, start_up
 from tests.support.models import sample_rows
 from tests.support.ray_jobs import RayHead
 
@@ -70,29 +68,17 @@ def test_every_listener_serves_tls_and_the_loop_runs_over_it(
     tmp_path: Path, ray_head: RayHead
 ) -> None:
     files = _certificates(tmp_path)
-    ports = {"FALAJ_BROKER_PORT": free_port(), "FALAJ_ROUTER_PORT": free_port()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    env.update({k: str(v) for k, v in ports.items()})
-    env.update(
-        {
-            **ray_head.env,
-            "FALAJ_TLS_CERT_FILE": str(files["cert"]),
-            "FALAJ_TLS_KEY_FILE": str(files["key"]),
-            "FALAJ_TLS_CA_FILE": str(files["ca"]),
-        }
+    env = platform_env(
+        ray_head,
+        FALAJ_TLS_CERT_FILE=str(files["cert"]),
+        FALAJ_TLS_KEY_FILE=str(files["key"]),
+        FALAJ_TLS_CA_FILE=str(files["ca"]),
     )
     home = tmp_path / ".falaj"
     version = _served_version(home)
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("FALAJ_")})
     settings = settings.model_copy(update={"home": home})
-    up = ManagedProcess(
-        name="falaj-up",
-        argv=[FALAJ, "up", "--home", str(home)],
-        env=env,
-        log_path=tmp_path / "up.log",
-        cwd=tmp_path,
-        grace_s=60.0,
-    ).start()
+    up = start_up(tmp_path, home, env)
     state_file = home / "run" / "platform.json"
     try:
         up.wait_ready(state_file.exists, timeout_s=120.0)
