@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Protocol
 
 from falaj.closeable import Closeable
 from falaj.context import Context
@@ -102,6 +103,28 @@ class TrafficSplit:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
+
+
+class TrafficStore(Protocol):
+    """Where rollout steps write the split: this store, or a cluster's InferenceServices."""
+
+    def get(self, model: str) -> TrafficSplit | None: ...
+
+    def set(self, split: TrafficSplit) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_traffic_store(ctx: Context) -> TrafficStore:
+    """The store ``FALAJ_SERVING_BACKEND`` names: local (this one) or kserve (the cluster's)."""
+    if ctx.settings.serving_backend == "kserve":
+        from falaj.inference_services import InferenceServiceTraffic
+        from falaj.kubernetes_api import in_cluster_api_client
+
+        return InferenceServiceTraffic(
+            in_cluster_api_client("rollout"), namespace=ctx.settings.cluster_namespace
+        )
+    return DeploymentStore(ctx)
 
 
 class DeploymentStore(Closeable):

@@ -142,6 +142,16 @@ class RolloutRefused(FalajError):
     status = HTTPStatus.CONFLICT
 
 
+class DeploymentError(FalajError):
+    """Raised when a traffic split cannot be written where the model is served (the cluster).
+
+    A 503: the step was valid and may succeed once the API server answers; a
+    split the cluster cannot express (shadow traffic) says so in the message.
+    """
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class SchemaError(FalajError):
     """Raised when a data file cannot be read against the feature schema at all."""
 

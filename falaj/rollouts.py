@@ -23,7 +23,7 @@ from typing import Any
 from falaj.ab_stats import compare_rates
 from falaj.audit import Outcome
 from falaj.context import Context
-from falaj.deployments import DeploymentStore, TrafficSplit, now_iso
+from falaj.deployments import TrafficSplit, TrafficStore, now_iso
 from falaj.errors import FalajError, RolloutRefused
 from falaj.events import ModelDeployed
 from falaj.registry import ModelRegistry
@@ -178,7 +178,7 @@ def _same(a: TrafficSplit | None, b: TrafficSplit) -> bool:
 class Rollouts:
     """Applies rollout steps to the deployment store, checked and audited."""
 
-    def __init__(self, ctx: Context, store: DeploymentStore, registry: ModelRegistry) -> None:
+    def __init__(self, ctx: Context, store: TrafficStore, registry: ModelRegistry) -> None:
         self.ctx = ctx
         self.store = store
         self.registry = registry

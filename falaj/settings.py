@@ -198,6 +198,17 @@ class Settings(BaseModel):
         description="whether Ray Train workers use a GPU each; unset, the job looks for CUDA "
         "where its driver runs (on a cluster the launcher sets it from the worker pool)",
     )
+    cluster_namespace: str = Field(
+        default="falaj",
+        description="the Kubernetes namespace the platform's cluster paths work in (RayJobs, "
+        "InferenceServices)",
+    )
+    serving_backend: Literal["local", "kserve"] = Field(
+        default="local",
+        description="where rollout steps are written: local (the deployment store the router "
+        "reads) or kserve (the model's InferenceService, through the Kubernetes API of the "
+        "pod's service account)",
+    )
     training_backend: Literal["ray", "kuberay"] = Field(
         default="ray",
         description="where training jobs run: ray (the Ray Jobs API at ray_address) or kuberay "

@@ -4,8 +4,9 @@
 with ``FALAJ_CANARY_PERCENT`` of the traffic. ``rollout.requested``: a person
 or the loop asks to start or resize a canary, promote it, roll it back, or
 shadow a version. Either way ``falaj.rollouts`` checks the step (residency at
-the model-deploy boundary included), writes the split to the deployment store
-(the local InferenceService) and audits it; this function announces the new
+the model-deploy boundary included), writes the split (to the deployment store
+the local router reads, or with ``FALAJ_SERVING_BACKEND=kserve`` to the model's
+InferenceService through the Kubernetes API) and audits it; this function announces the new
 split with ``model.deployed`` so the rest of the loop sees what serves.
 
 A step that does not fit the split (promote without a canary) is refused with
@@ -15,7 +16,7 @@ would never succeed on retry.
 
 from __future__ import annotations
 
-from falaj.deployments import DeploymentStore, TrafficSplit
+from falaj.deployments import TrafficSplit, TrafficStore, open_traffic_store
 from falaj.errors import EventError, FalajError
 from falaj.events import EventType, ModelRegistered, ParsedEvent, RolloutRequested
 from falaj.function import CloudEventFunction
@@ -30,12 +31,13 @@ class RolloutFunction(CloudEventFunction):
 
     def __init__(self) -> None:
         super().__init__()
-        self._store: DeploymentStore | None = None
+        self._store: TrafficStore | None = None
         self._rollouts: Rollouts | None = None
         self.log = get_logger(function=self.name)
 
     def on_start(self) -> None:
-        self._store = DeploymentStore(self.ctx)
+        # The local deployment store, or the cluster's InferenceServices.
+        self._store = open_traffic_store(self.ctx)
         self._rollouts = Rollouts(self.ctx, self._store, ModelRegistry(self.ctx))
 
     def stop(self) -> None:

@@ -51,13 +51,14 @@ from falaj.events import (
 )
 from falaj.feature_repo import FeatureRepo, load_repo
 from falaj.function import CloudEventFunction
+from falaj.kubernetes_api import in_cluster_api_client
 from falaj.logs import get_logger
 from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
 from falaj.settings import write_secrets_file
 from falaj.training_job import MAX_ATTEMPTS, JobExit
 from falaj.training_runs import ACTIVE_STATES, TrainingJobs, TrainingRequest, TrainingRun
-from functions.training_launcher.kuberay import KubeRayJobs, in_cluster_api_client
+from functions.training_launcher.kuberay import KubeRayJobs
 from functions.training_launcher.ray_jobs import (
     JOB_SECRETS,
     LOST,
@@ -135,7 +136,7 @@ class TrainingLauncherFunction(CloudEventFunction):
         settings = self.ctx.settings
         if settings.training_backend == "kuberay":
             return KubeRayJobs(
-                in_cluster_api_client(),
+                in_cluster_api_client("training-launcher"),
                 target=cluster_target(settings),
                 template=load_template(settings.manifests_dir),
                 policy=self.ctx.policy,

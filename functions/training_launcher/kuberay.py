@@ -13,17 +13,15 @@ allowed regions, or one the cluster would refuse, never reaches the API server.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client import ApiClient, Configuration, CustomObjectsApi
+from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config import load_incluster_config
-from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from falaj.errors import ConfigError
+from falaj.kubernetes_api import CustomResource, api_problem, names_missing_object
 from falaj.manifest_schemas import SchemaStore, validate_manifest
 from falaj.residency import Boundary, ResidencyPolicy
 from functions.training_launcher.errors import JobSubmissionFailed
@@ -38,19 +36,15 @@ from functions.training_launcher.rayjob import (
     rayjob_body,
 )
 
-
-def in_cluster_api_client() -> ApiClient:
-    """A Kubernetes client with the pod's service account (the training-launcher's)."""
-    configuration = Configuration()
-    try:
-        load_incluster_config(client_configuration=configuration)
-    except ConfigException as exc:
-        raise ConfigError(
-            f"the cluster path of the training launcher runs in a pod with a service account "
-            f"token mounted (the training-launcher ServiceAccount, manifests/base/rbac.yaml); "
-            f"here: {exc}"
-        ) from None
-    return ApiClient(configuration)
+#: RayJobs, for the API's error messages.
+RAYJOBS = CustomResource(
+    group=GROUP,
+    version=VERSION,
+    plural=PLURAL,
+    service_account="training-launcher",
+    project="KubeRay",
+    installed_by="the KubeRay operator",
+)
 
 
 class KubeRayJobs:
@@ -114,7 +108,7 @@ class KubeRayJobs:
         except ApiException as exc:
             raise JobSubmissionFailed(
                 f"the Kubernetes API at {self.host} did not create RayJob {namespace}/"
-                f"{spec.job_id}: {_api_problem(exc, 'create', namespace, spec.job_id)}"
+                f"{spec.job_id}: {_problem(exc, 'create', namespace, spec.job_id)}"
             ) from exc
         except HTTPError as exc:
             raise JobSubmissionFailed(
@@ -132,13 +126,13 @@ class KubeRayJobs:
                 GROUP, VERSION, namespace, PLURAL, job_id, _request_timeout=self._timeout_s
             )
         except ApiException as exc:
-            if exc.status == 404 and _names_missing_object(exc, job_id):
+            if exc.status == 404 and names_missing_object(exc, job_id):
                 return JobState(
                     status=LOST, message=f"RayJob {namespace}/{job_id} no longer exists (deleted)"
                 )
             raise JobSubmissionFailed(
                 f"cannot read RayJob {namespace}/{job_id} from the Kubernetes API at {self.host}: "
-                f"{_api_problem(exc, 'get', namespace, job_id)}"
+                f"{_problem(exc, 'get', namespace, job_id)}"
             ) from exc
         except HTTPError as exc:
             raise JobSubmissionFailed(
@@ -158,57 +152,8 @@ class KubeRayJobs:
         self._client.close()
 
 
-# -- the API's answers ---------------------------------------------------------
-
-
-def _server_status(exc: ApiException) -> Mapping[str, Any]:
-    """The API server's Status object, when the answer was one."""
-    try:
-        document = json.loads(exc.body or "")
-    except (TypeError, ValueError):
-        return {}
-    return document if isinstance(document, Mapping) else {}
-
-
-def _names_missing_object(exc: ApiException, name: str) -> bool:
-    # A missing RayJob is a NotFound Status naming it; a 404 without one means
-    # the API server serves no rayjobs.ray.io at all (KubeRay not installed).
-    status = _server_status(exc)
-    details = status.get("details")
-    return (
-        status.get("reason") == "NotFound"
-        and isinstance(details, Mapping)
-        and details.get("name") == name
+def _problem(exc: ApiException, verb: str, namespace: str, name: str) -> str:
+    conflict = (
+        f"a RayJob named {name} already exists; a job id names one run, submit under a new one"
     )
-
-
-def _api_problem(exc: ApiException, verb: str, namespace: str, name: str) -> str:
-    said = str(_server_status(exc).get("message") or exc.reason or "no message")[:300]
-    code = exc.status
-    if code == 401:
-        fix = (
-            "the API server did not accept the launcher's credentials; is its service "
-            "account token mounted?"
-        )
-    elif code == 403:
-        fix = (
-            f"the training-launcher ServiceAccount may not {verb} rayjobs.{GROUP} in namespace "
-            f"{namespace}; apply its Role and RoleBinding (manifests/base/rbac.yaml)"
-        )
-    elif code == 404:
-        fix = (
-            f"the API server serves no rayjobs.{GROUP}/{VERSION} in namespace {namespace}; install "
-            f"the KubeRay operator (its RayJob CRD) and create the namespace"
-        )
-    elif code == 409:
-        fix = (
-            f"a RayJob named {name} already exists; a job id names one run, submit under a new one"
-        )
-    elif code in (400, 422):
-        fix = (
-            "the API server refused the body, which fits KubeRay v1.7's CRD; is the cluster's "
-            "KubeRay older? Upgrade it or align the template with it"
-        )
-    else:
-        fix = "try again when the API server is healthy"
-    return f"HTTP {code} ({said}); {fix}"
+    return api_problem(exc, RAYJOBS, verb, namespace, name, conflict=conflict)

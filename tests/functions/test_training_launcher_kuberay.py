@@ -12,13 +12,9 @@ import copy
 import json
 import shlex
 import socket
-import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import pytest
 from kubernetes.client import ApiClient, Configuration
@@ -45,6 +41,7 @@ from functions.training_launcher.rayjob import (
     load_template,
     rayjob_body,
 )
+from tests.support.fake_kubernetes import Answer, FakeKubernetes, serving
 
 JOB_ID = "train-fraud-0123456789ab"
 NAMESPACE = "falaj"
@@ -296,101 +293,10 @@ def test_the_cluster_target_follows_the_settings() -> None:
 # -- the Kubernetes API ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Seen:
-    method: str
-    path: str
-    query: str
-    body: Any
-
-
-@dataclass
-class Answer:
-    code: int
-    body: Any
-    #: Echo the request's Authorization header back in a response header, as a
-    #: careless proxy might: an error message must not repeat response headers.
-    echo_authorization: bool = False
-
-
-@dataclass
-class FakeKubernetes:
-    """Just enough of the Kubernetes API for RayJobs: create one, read one."""
-
-    seen: list[Seen] = field(default_factory=list)
-    rayjobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: When set, every request gets this answer instead.
-    answer: Answer | None = None
-
-    def handle(self, method: str, target: str, body: Any) -> Answer:
-        url = urlsplit(target)
-        self.seen.append(Seen(method, url.path, url.query, body))
-        if self.answer is not None:
-            return self.answer
-        if method == "POST" and url.path == RAYJOBS:
-            self.rayjobs[body["metadata"]["name"]] = body
-            return Answer(201, body)
-        name = url.path.removeprefix(RAYJOBS + "/")
-        if method == "GET" and name in self.rayjobs:
-            return Answer(200, self.rayjobs[name])
-        not_found = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "status": "Failure",
-            "message": f'rayjobs.ray.io "{name}" not found',
-            "reason": "NotFound",
-            "details": {"name": name, "group": "ray.io", "kind": "rayjobs"},
-            "code": 404,
-        }
-        return Answer(404, not_found)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        self._answer("GET", None)
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self._answer("POST", json.loads(self.rfile.read(length)))
-
-    def _answer(self, method: str, body: Any) -> None:
-        answer = self.server.fake.handle(method, self.path, body)
-        data = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body).encode()
-        self.send_response(answer.code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if answer.echo_authorization:
-            self.send_header("X-Echo", self.headers.get("Authorization", ""))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: pytest shows what matters
-
-
-class _Server(ThreadingHTTPServer):
-    def __init__(self, fake: FakeKubernetes) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.fake = fake
-
-
 @pytest.fixture
 def fake_api() -> Iterator[tuple[FakeKubernetes, str]]:
-    """The fake API server and its URL; the socket listens before the URL is handed out."""
-    fake = FakeKubernetes()
-    server = _Server(fake)
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="fake-kubernetes", daemon=True
-    )
-    thread.start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(FakeKubernetes(collection=RAYJOBS)) as served:
+        yield served
 
 
 class MakeJobs(Protocol):
@@ -507,7 +413,7 @@ def test_status_maps_kuberay_to_ray_statuses(
 ) -> None:
     fake, host = fake_api
     status = {"jobDeploymentStatus": deployment, "jobStatus": job}
-    fake.rayjobs[JOB_ID] = {
+    fake.objects[JOB_ID] = {
         "metadata": {"name": JOB_ID},
         "status": {k: v for k, v in status.items() if v is not None},
     }
@@ -523,7 +429,7 @@ def test_a_failed_rayjob_says_why(
     template: dict[str, Any],
 ) -> None:
     fake, host = fake_api
-    fake.rayjobs[JOB_ID] = {
+    fake.objects[JOB_ID] = {
         "status": {
             "jobDeploymentStatus": "Failed",
             "jobStatus": "RUNNING",
