@@ -212,8 +212,8 @@ class ClusterTarget:
             raise ConfigError("invalid cluster target: " + "; ".join(problems))
 
 
-def cluster_target(settings: Settings, *, namespace: str = DEFAULT_NAMESPACE) -> ClusterTarget:
-    """The target the settings describe: their region, workers, and GPUs or not.
+def cluster_target(settings: Settings) -> ClusterTarget:
+    """The target the settings describe: their namespace, region, workers, and GPUs or not.
 
     ``training_use_gpu`` true means one GPU per worker on the ``gpu`` node pool;
     unset or false, a CPU pool (the launcher cannot see the workers' nodes, so
@@ -221,7 +221,7 @@ def cluster_target(settings: Settings, *, namespace: str = DEFAULT_NAMESPACE) ->
     """
     gpu = bool(settings.training_use_gpu)
     return ClusterTarget(
-        namespace=namespace,
+        namespace=settings.cluster_namespace,
         pool=WorkerPool(
             region=settings.region,
             workers=settings.training_workers,
