@@ -26,6 +26,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# promtool, for the alert rules' tests (tests/manifests/test_monitoring.py): Debian's
+# prometheus package unpacked into the venv; nothing installed system-wide, no daemon.
+PROMTOOL := $(BIN)/promtool
+$(PROMTOOL): | $(STAMP)
+	rm -rf $(VENV)/.prometheus && mkdir -p $(VENV)/.prometheus
+	cd $(VENV)/.prometheus && apt-get download -q prometheus >/dev/null 2>&1 \
+		&& dpkg-deb -x prometheus_*.deb unpacked && cp unpacked/usr/bin/promtool ../bin/promtool \
+		|| echo "promtool: Debian's prometheus package is not available here; its tests skip"
+	rm -rf $(VENV)/.prometheus
+
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
@@ -52,7 +62,7 @@ $(EVIDENTLY_STAMP):
 demo: $(STAMP)
 	$(BIN)/falaj demo
 
-test: $(STAMP)
+test: $(STAMP) $(PROMTOOL)
 	$(BIN)/python -m pytest
 
 # The hostile-input properties with many more cases than `make test` runs.

@@ -12,7 +12,8 @@ CRD schemas are *structural*: they accept unknown fields, so a misspelt
 (unless it preserves unknown fields), which is what ``kubectl
 --validate=strict`` does. The core kinds Falaj uses (ConfigMap,
 ServiceAccount, ...) get small hand-written strict schemas until a full
-Kubernetes schema set is available.
+Kubernetes schema set is available, and so do prometheus-operator's
+PrometheusRule and PodMonitor, whose CRDs ``shared/schemas`` does not carry.
 
 Parsing the multi-MB KServe and KubeRay CRDs takes seconds, so a
 ``SchemaStore`` keeps each converted schema for the life of the process and,
@@ -292,6 +293,94 @@ CORE_SCHEMAS: Mapping[tuple[str, str], Mapping[str, Any]] = MappingProxyType(
 )
 
 
+#: prometheus-operator's duration (``30s``, ``1h30m``, ``0``), as its CRDs write it.
+_PROMETHEUS_DURATION = {
+    "type": "string",
+    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+    r"(([0-9]+)ms)?)$",
+}
+_RULE = {
+    **_strict(
+        {
+            "alert": {"type": "string", "minLength": 1},
+            # A recording rule's name is a metric name.
+            "record": {"type": "string", "pattern": r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+            "expr": {"anyOf": [{"type": "integer"}, {"type": "string", "minLength": 1}]},
+            "for": _PROMETHEUS_DURATION,
+            "labels": _strings(),
+            "annotations": _strings(),
+        },
+        "expr",
+    ),
+    # The CRD leaves these to the operator's admission webhook: exactly one of
+    # alert and record, and `for` and annotations on alerts only.
+    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+    "dependencies": {"for": ["alert"], "annotations": ["alert"]},
+}
+_SECRET_KEY = _strict(
+    {"name": {"type": "string", "minLength": 1}, "key": {"type": "string"}}, "name", "key"
+)
+
+
+def _operator_kind(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    schema = _core("monitoring.coreos.com/v1", kind, {"spec": spec})
+    schema["required"].append("spec")  # as the CRDs require it
+    return schema
+
+
+#: The prometheus-operator kinds manifests/base/monitoring uses, keyed like
+#: ``CORE_SCHEMAS``. Written from the CRDs of prometheus-operator v0.93.0
+#: (example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml
+#: and ..._podmonitors.yaml): only the fields Falaj sets, with the CRDs' types,
+#: patterns and required fields, and no others (the CRDs themselves, being
+#: structural, let a misspelt field through).
+MONITORING_SCHEMAS: Mapping[tuple[str, str], Mapping[str, Any]] = MappingProxyType(
+    {
+        ("monitoring.coreos.com/v1", "PrometheusRule"): _operator_kind(
+            "PrometheusRule",
+            _strict(
+                {
+                    "groups": {
+                        "type": "array",
+                        "items": _strict(
+                            {
+                                "name": {"type": "string", "minLength": 1},
+                                "rules": {"type": "array", "items": _RULE},
+                            },
+                            "name",
+                        ),
+                    }
+                }
+            ),
+        ),
+        ("monitoring.coreos.com/v1", "PodMonitor"): _operator_kind(
+            "PodMonitor",
+            _strict(
+                {
+                    "selector": _LABEL_SELECTOR,
+                    "podMetricsEndpoints": {
+                        "type": "array",
+                        "items": _strict(
+                            {
+                                "port": {"type": "string", "minLength": 1},
+                                "path": {"type": "string"},
+                                "interval": _PROMETHEUS_DURATION,
+                                # The successor of the deprecated bearerTokenSecret.
+                                "authorization": _strict(
+                                    {"type": {"type": "string"}, "credentials": _SECRET_KEY},
+                                    "credentials",
+                                ),
+                            }
+                        ),
+                    },
+                },
+                "selector",
+            ),
+        ),
+    }
+)
+
+
 def convert_schema(openapi: Mapping[str, Any], *, strict: bool) -> dict[str, Any]:
     """An OpenAPI v3 CRD schema as a JSON Schema (draft 4) ``jsonschema`` can check.
 
@@ -387,14 +476,16 @@ class SchemaStore:
         """The JSON Schema for one kind at one API version (skaffold's is already strict)."""
         if api_version == SKAFFOLD_API_VERSION:
             return self._skaffold_schema()
-        core = CORE_SCHEMAS.get((api_version, kind))
-        if core is not None:
-            return copy.deepcopy(dict(core))
+        written = CORE_SCHEMAS.get((api_version, kind)) or MONITORING_SCHEMAS.get(
+            (api_version, kind)
+        )
+        if written is not None:
+            return copy.deepcopy(dict(written))
         group, _, version = api_version.rpartition("/")
         relative = CRD_FILES.get((group, kind))
         if relative is None:
             known = sorted(f"{g}/{k}" for g, k in CRD_FILES) + sorted(
-                f"{v}/{k}" for v, k in CORE_SCHEMAS
+                f"{v}/{k}" for v, k in {**CORE_SCHEMAS, **MONITORING_SCHEMAS}
             )
             raise LookupError(
                 f"no schema for {kind} in {api_version!r}; expected one of {', '.join(known)} "

@@ -70,6 +70,7 @@ CLUSTER_ONLY_KINDS = frozenset(
         ("networking.k8s.io/v1", "NetworkPolicy"),
         ("monitoring.coreos.com/v1", "PrometheusRule"),
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PodMonitor"),
         ("serving.kserve.io/v1alpha1", "ServingRuntime"),
     }
 )

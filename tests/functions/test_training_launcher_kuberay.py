@@ -25,7 +25,7 @@ from falaj.context import Context
 from falaj.errors import ConfigError, ResidencyViolation
 from falaj.events import TrainingReason
 from falaj.manifest_schemas import SchemaStore
-from falaj.settings import Settings
+from falaj.settings import UAE_REGIONS, Settings
 from falaj.training_runs import TrainingRequest
 from functions.training_launcher import TrainingLauncherFunction
 from functions.training_launcher.errors import JobSubmissionFailed
@@ -155,7 +155,9 @@ def test_a_gpu_pool_body_asks_for_gpus_on_the_in_region_pool_and_tolerates_spot_
     (term,) = head["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
-    assert term["matchExpressions"] == plain(ON_DEMAND_EXPRESSIONS)
+    # The template's region fence (manifests/base), then the launcher's on-demand expressions.
+    region = {"key": "topology.kubernetes.io/region", "operator": "In", "values": list(UAE_REGIONS)}
+    assert term["matchExpressions"] == [region, *plain(ON_DEMAND_EXPRESSIONS)]
     # The job learns its pool from its env: the launcher's machine has no say.
     for pod in (head, workers):
         env = literal_env(pod)

@@ -51,6 +51,8 @@ PODLESS_KINDS = {
     "Trigger",
     "PingSource",
     "ServingRuntime",
+    "PrometheusRule",
+    "PodMonitor",
 }
 
 #: Feast's stores and RabbitMQ: their addresses are secrets, so any in-cluster namespace.
@@ -404,6 +406,7 @@ ALLOWED = [
     (HEAD, WORKER, 10002, "tasks on a worker's worker port"),
     (WORKER, WORKER, 45123, "object transfer between raylets (a random port)"),
     # Prometheus.
+    ("prometheus", "function/ingest", 8080, "Falaj's /metrics, with a read token"),
     ("prometheus", "function/ingest", 9091, "queue-proxy's request metrics"),
     ("prometheus", "function/drift", 15020, "the sidecar's merged metrics"),
     ("prometheus", "predictor/fraud", 8080, "KServe's /metrics"),
