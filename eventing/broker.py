@@ -4,7 +4,9 @@
 events are stored durably before the 202, then delivered to the Triggers whose
 filters match. ``GET /events`` lists recent events (the CLI and the demo wait on
 it), ``GET /dead-letters`` and ``POST /dead-letters/{id}/replay`` are the
-operator's view of what could not be delivered. Every route but the probes
+operator's view of what could not be delivered, ``GET /metrics`` Prometheus's
+(events accepted here; delivered, retried, dead-lettered and delivery times as
+the dispatcher reports them with its acks). Every route but the probes
 authenticates with a bearer token and authorizes by role.
 
 This process is Knative's broker-ingress: it alone writes the queue (group
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +65,7 @@ from falaj.context import Context
 from falaj.errors import AuthError, EventError, FalajError, ResidencyViolation
 from falaj.events import REGION_EXTENSION
 from falaj.logs import configure_logging, get_logger
+from falaj.metrics import CONTENT_TYPE, Metrics
 from falaj.residency import ResidencyPolicy
 from falaj.settings import ENV_PREFIX, Settings
 from falaj.tls import uvicorn_options
@@ -95,9 +99,11 @@ class Broker:
         topology: EventingTopology,
         endpoints: Endpoints,
         config: BrokerConfig,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ctx = ctx
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
         check_destinations(ctx.policy, topology)
         self.queue = EventQueue(config.db_path)
         self.triggers = topology.triggers_of(config.name)
@@ -116,6 +122,7 @@ class Broker:
             env=_child_env(ctx.settings),
             on_updates=self.record_outcomes,
             on_reply=self.accept_reply,
+            metrics=self.metrics,
         )
         self.writer = QueueWriter(self.queue, on_appended=self.dispatcher.new_deliveries)
         self.checkpoints = Checkpointer(config.db_path, caught_up=self.writer.catch_up_threadsafe)
@@ -130,6 +137,7 @@ class Broker:
                 self.queue.retire, orphan, reason=f"trigger {orphan!r} is no longer in the topology"
             )
             self.log.warning("retired deliveries of a removed trigger", trigger=orphan, n=len(dead))
+            self.count_dead_letters(orphan, len(dead))
         if self.ctx.settings.bearer_token() is None:
             self.log.warning("no FALAJ_TOKEN: subscribers that authenticate will answer 401")
         self.writer.start()
@@ -163,7 +171,20 @@ class Broker:
         """Check, route and durably store a batch (all or nothing); raises EventError."""
         routed = self.ingress.route(events)
         appended = await self.writer.append(routed)
+        # Once per type, not per event: a batch is mostly of one. The types are
+        # the catalog's (the ingress checked them), so a bounded label.
+        stored = Counter(
+            str(event["type"])
+            for (event, _), new in zip(routed, appended.stored, strict=True)
+            if new
+        )
+        for event_type, n in stored.items():
+            self.metrics.broker_events_accepted.labels(self.config.name, event_type).inc(n)
         return accepted(routed, appended.stored)
+
+    def count_dead_letters(self, trigger: str | None, n: int = 1) -> None:
+        """Dead letters made here: at ingress (no Trigger), of a reply, of a retired Trigger."""
+        self.metrics.broker_dead_letters.labels(self.config.name, trigger or "").inc(n)
 
     # -- what the dispatcher sends back --------------------------------------------
 
@@ -202,16 +223,19 @@ class Broker:
             await run_in_threadpool(
                 self.ingress.quarantine, error, headers, body, where=where, trigger=trigger
             )
+            self.count_dead_letters(trigger)
             return
         try:
             await self.accept([reply.event])
         except ResidencyViolation as exc:
             # Audited by the policy; the out-of-region data itself is not kept.
             await run_in_threadpool(self.queue.reject, f"{where}: {exc}", trigger=trigger)
+            self.count_dead_letters(trigger)
         except EventError as exc:
             await run_in_threadpool(
                 self.ingress.quarantine, exc, headers, body, where=where, trigger=trigger
             )
+            self.count_dead_letters(trigger)
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
@@ -389,6 +413,10 @@ def build_app(broker: Broker) -> ASGIApp:
             broker.dispatcher.replayed(delivery)
         return JSONResponse({"replayed": int(raw_id), "delivery": delivery}, status_code=202)
 
+    async def metrics(request: Request) -> Response:
+        await authorize(request, Action.READ)
+        return Response(broker.metrics.exposition(), media_type=CONTENT_TYPE)
+
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
@@ -425,6 +453,7 @@ def build_app(broker: Broker) -> ASGIApp:
             Route("/events", list_events, methods=["GET"]),
             Route("/dead-letters", list_dead_letters, methods=["GET"]),
             Route("/dead-letters/{id}/replay", replay, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],
@@ -437,6 +466,7 @@ def build_app(broker: Broker) -> ASGIApp:
         broker.accept,
         broker=broker.config.name,
         max_body_bytes=broker.config.max_body_bytes,
+        on_dead_letter=broker.count_dead_letters,
     )
 
     async def route(scope: Scope, receive: Receive, send: Send) -> None:
@@ -500,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_body_bytes=args.max_body_bytes,
             default_concurrency=args.concurrency,
         ),
+        Metrics.for_process(),
     )
     config = uvicorn.Config(
         build_app(broker),

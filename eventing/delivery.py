@@ -20,6 +20,8 @@ What came of each attempt goes, in order and in batches, to ``Outcomes``:
 the broker process, which owns the queue and writes it (the dispatcher only
 reads). A crash before such a write only means the delivery is sent again,
 which at-least-once allows and the subscribers' idempotency keys absorb.
+Each attempt that was sent is also told to ``on_attempt`` (the Trigger, what
+came of it and how long the subscriber took): the metrics.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ from cloudevents.http import CloudEvent, from_http
 
 from eventing.ingress import STRUCTURED_CONTENT_TYPE
 from eventing.lane import Lane
-from eventing.queue import DeliveryUpdate, EventQueue, PendingDelivery
+from eventing.queue import DeliveryUpdate, EventQueue, PendingDelivery, UpdateKind
 from eventing.retry import is_success, should_retry, wait_before_retry_s
 from eventing.topology_io import Endpoints, EventingTopology
-from falaj.logs import get_logger
+from falaj.logs import TRACEPARENT, get_logger, traced
 from falaj.topology import TriggerSpec
 
 #: The longest a lane sleeps without looking again; new deliveries wake it sooner.
@@ -80,6 +82,8 @@ class Reply:
 
 #: Takes a subscriber's reply, with the name of the Trigger that produced it.
 ReplyHandler = Callable[[Reply, str], Awaitable[None]]
+#: Told of each attempt sent: its Trigger, what came of it (done, retry, dead), its seconds.
+AttemptObserver = Callable[[str, UpdateKind, float], None]
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ class Dispatcher:
         token: str | None,
         verify: ssl.SSLContext | bool = True,
         on_reply: ReplyHandler,
+        on_attempt: AttemptObserver | None = None,
         default_concurrency: int = DEFAULT_CONCURRENCY,
         window: int = DEFAULT_WINDOW,
     ) -> None:
@@ -161,6 +166,7 @@ class Dispatcher:
         self.outcomes = outcomes
         self.endpoints = endpoints
         self.on_reply = on_reply
+        self.on_attempt = on_attempt
         self.lanes = {
             t.name: Lane(
                 trigger=t,
@@ -296,7 +302,9 @@ class Dispatcher:
 
     async def _run(self, lane: Lane, delivery: PendingDelivery, slots: asyncio.Semaphore) -> None:
         try:
-            await self.deliver(lane, delivery)
+            # Each delivery is a task of its own: what it logs carries its event's trace id.
+            with traced(delivery.event.get(TRACEPARENT)):
+                await self.deliver(lane, delivery)
         except asyncio.CancelledError:
             raise  # stopping: the delivery stays pending in the queue
         except Exception:
@@ -330,13 +338,16 @@ class Dispatcher:
             lane.pause(delivery, until=now + IDLE_WAIT_S)
             return None
         spec = lane.delivery
+        sent_at = time.perf_counter()
         result = await self.attempt(url, delivery, spec.timeout_s or DEFAULT_TIMEOUT_S)
+        took_s = time.perf_counter() - sent_at
         attempt = delivery.attempts + 1
         if result.ok:
             if result.reply is not None:
                 # Before marking done: a crash in between re-sends the event, and
                 # the subscriber's idempotency keys absorb the duplicate.
                 await self.on_reply(result.reply, lane.name)
+            self._observe(lane.name, UpdateKind.DONE, took_s)
             self._record(DeliveryUpdate.done(delivery.id, result.status_code or 200))
             return result
         retryable = should_retry(result.status_code)
@@ -351,6 +362,7 @@ class Dispatcher:
             delivery.attempts = attempt
             delivery.due_at = time.time() + wait
             delivery.last_error = result.error
+            self._observe(lane.name, UpdateKind.RETRY, took_s)
             self._record(
                 DeliveryUpdate.retry(
                     delivery.id,
@@ -373,6 +385,7 @@ class Dispatcher:
         reason = f"{why}: {result.error}"
         # Written (and audited) by the queue's owner, in order after this
         # delivery's earlier outcomes.
+        self._observe(lane.name, UpdateKind.DEAD, took_s)
         self._record(
             DeliveryUpdate.dead(delivery.id, reason=reason, status_code=result.status_code)
         )
@@ -413,6 +426,10 @@ class Dispatcher:
             return AttemptResult(None, f"{type(exc).__name__} sending to {url}: {exc}")
 
     # -- recording outcomes --------------------------------------------------------
+
+    def _observe(self, trigger: str, kind: UpdateKind, seconds: float) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(trigger, kind, seconds)
 
     def _record(self, update: DeliveryUpdate) -> None:
         self._updates.append(update)
@@ -473,6 +490,7 @@ def _concurrency(
 
 
 __all__ = [
+    "AttemptObserver",
     "AttemptResult",
     "Dispatcher",
     "Reply",

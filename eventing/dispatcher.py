@@ -18,9 +18,16 @@ Two pipes between them. Broker to dispatcher, one line a notice:
 
 Dispatcher to broker, frames of a 4-byte length and a JSON object:
 
-* ``{"u": [[id, kind, status, error, next_attempt_at, attempted], ...]}``: outcomes;
+* ``{"u": [[id, kind, status, error, next_attempt_at, attempted], ...],
+  "m": {trigger: [delivered, retried, dead, [seconds, ...]]}}``: outcomes, and
+  what the broker's ``/metrics`` counts of the attempts behind them;
 * ``{"r": {"trigger", "headers", "body" (base64)}}``: a reply to take in;
 * ``{"ready": true}``: deliveries run.
+
+The counts ride with the outcomes, rather than this process serving metrics
+of its own: Prometheus scrapes one port (the broker's), the counters live in
+the broker, so a dispatcher the broker starts again resets none of them, and
+a count is handed over in the same frame as the outcome it counts.
 
 End of file on the notice pipe means the broker is gone (even after
 ``kill -9``): this process then stops at once; what was in flight is still
@@ -48,7 +55,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +67,7 @@ from eventing.topology_io import Endpoints, EventingTopology
 from falaj.context import Context
 from falaj.errors import FalajError
 from falaj.logs import configure_logging, get_logger
+from falaj.metrics import Metrics
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.tls import client_verify
 from falaj.topology_files import topology_from_json, topology_json
@@ -118,6 +126,48 @@ class DispatcherConfig:
                 f"{where}: not a dispatcher config ({type(exc).__name__}: {exc}); the broker "
                 "writes it, so start the broker rather than this module"
             ) from None
+
+
+@dataclass
+class TriggerTally:
+    """One Trigger's attempts since the last frame: what came of them, how long each took."""
+
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+    def add(self, kind: UpdateKind, seconds: float) -> None:
+        if kind == UpdateKind.DONE:
+            self.delivered += 1
+        elif kind == UpdateKind.RETRY:
+            self.retried += 1
+        elif kind == UpdateKind.DEAD:
+            self.dead += 1
+        self.seconds.append(round(seconds, 6))
+
+    def to_json(self) -> list[Any]:
+        return [self.delivered, self.retried, self.dead, self.seconds]
+
+    @classmethod
+    def from_json(cls, raw: Sequence[Any]) -> TriggerTally:
+        delivered, retried, dead, seconds = raw
+        return cls(int(delivered), int(retried), int(dead), [float(s) for s in seconds])
+
+
+def count_attempts(metrics: Metrics, broker: str, tallies: Mapping[str, TriggerTally]) -> None:
+    """Add the dispatcher's tallies to the broker's metrics."""
+    for trigger, tally in tallies.items():
+        if tally.delivered:
+            metrics.broker_events_delivered.labels(broker, trigger).inc(tally.delivered)
+        if tally.retried:
+            metrics.broker_delivery_retries.labels(broker, trigger).inc(tally.retried)
+        if tally.dead:
+            metrics.broker_dead_letters.labels(broker, trigger).inc(tally.dead)
+        if tally.seconds:
+            histogram = metrics.broker_delivery_seconds.labels(broker, trigger)
+            for seconds in tally.seconds:
+                histogram.observe(seconds)
 
 
 # -- the broker's side ---------------------------------------------------------------
@@ -188,11 +238,13 @@ class DispatcherProcess:
         *,
         on_updates: UpdatesHandler,
         on_reply: RawReplyHandler,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.env = dict(env)
         self.on_updates = on_updates
         self.on_reply = on_reply
+        self.metrics = metrics if metrics is not None else Metrics()
         self.config_path = config.db_path.with_name(config.db_path.name + ".dispatcher.json")
         self._popen: subprocess.Popen[bytes] | None = None
         self._control: int | None = None
@@ -240,6 +292,12 @@ class DispatcherProcess:
     def _handle(self, message: dict[str, Any]) -> None:
         if "u" in message:
             self.on_updates([_update_of(row) for row in message["u"]])
+            tallies = message.get("m") or {}
+            count_attempts(
+                self.metrics,
+                self.config.broker,
+                {str(t): TriggerTally.from_json(raw) for t, raw in tallies.items()},
+            )
         elif "r" in message:
             reply = message["r"]
             task = asyncio.create_task(
@@ -314,6 +372,8 @@ class Outbox:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._writer: asyncio.StreamWriter | None = None
+        #: Attempts since the last outcomes frame, by Trigger (sent with the next one).
+        self._tallies: dict[str, TriggerTally] = {}
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -328,8 +388,21 @@ class Outbox:
         self._writer.write(_frame(message))
         await self._writer.drain()  # the broker reads slower than this writes: wait
 
+    def attempted(self, trigger: str, kind: UpdateKind, seconds: float) -> None:
+        """An attempt was sent (the dispatcher's ``on_attempt``): counted with its outcome."""
+        tally = self._tallies.get(trigger)
+        if tally is None:
+            tally = self._tallies[trigger] = TriggerTally()
+        tally.add(kind, seconds)
+
     async def record(self, updates: Sequence[DeliveryUpdate]) -> None:
-        await self._send({"u": [_update_row(u) for u in updates]})
+        tallies, self._tallies = self._tallies, {}
+        await self._send(
+            {
+                "u": [_update_row(u) for u in updates],
+                "m": {trigger: tally.to_json() for trigger, tally in tallies.items()},
+            }
+        )
 
     async def reply(self, reply: Reply, trigger: str) -> None:
         await self._send(
@@ -378,6 +451,7 @@ async def serve(config: DispatcherConfig, ctx: Context, control_fd: int, acks_fd
         token=ctx.settings.bearer_token(),
         verify=client_verify(ctx.settings),
         on_reply=outbox.reply,
+        on_attempt=outbox.attempted,
         default_concurrency=config.default_concurrency,
         window=config.window,
     )

@@ -5,7 +5,7 @@ objects, routing and middleware, which were ~40% of the ingress process's
 time under load (py-spy, benchmarks/broker.py); the broker's other routes
 stay Starlette routes. What it does is the same: authenticate and authorize,
 refuse a body over the limit (413), read the events (400 with every problem,
-kept as a dead letter), store them durably and answer 202.
+kept as a dead letter, and counted as one), store them durably and answer 202.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Accept = Callable[[Sequence[CloudEvent]], Awaitable[Accepted]]
+#: Told of each dead letter the ingress makes (with no Trigger: None).
+DeadLetterCounter = Callable[[str | None], None]
 
 #: An answer: status, JSON body, extra headers.
 Answer = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
@@ -46,12 +48,14 @@ class IngressEndpoint:
         *,
         broker: str,
         max_body_bytes: int,
+        on_dead_letter: DeadLetterCounter | None = None,
     ) -> None:
         self.ctx = ctx
         self.ingress = ingress
         self.accept = accept
         self.broker = broker
         self.limit = max_body_bytes
+        self.on_dead_letter = on_dead_letter
         self.log = get_logger(component="broker", broker=broker)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,6 +148,8 @@ class IngressEndpoint:
     ) -> Answer:
         """400, and the request kept as a dead letter with every problem found."""
         dead_letter = await run_in_threadpool(self.ingress.quarantine, exc, headers, body)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(None)
         await run_in_threadpool(
             self.ctx.audit.record,
             "event.rejected",

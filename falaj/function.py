@@ -9,11 +9,18 @@ reads the settings once, when functions-framework imports the module.
 Per request, the adapter authenticates the caller, parses the event against the
 catalog and the residency policy, skips a duplicate (source, id), then hands it
 to ``handle``. Errors become 4xx with a JSON body that says what was wrong, so
-the broker retries only what a retry can fix.
+the broker retries only what a retry can fix. While it handles an event with a
+``traceparent``, every log line carries the trace id and every event it emits
+carries the same ``traceparent`` (``falaj.logs.traced``).
+
+``GET /metrics`` on the same port serves the function's metrics
+(``falaj.metrics``) to a caller allowed to ``read``, as every other process
+does; the CloudEvent handler stays at ``/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -29,7 +36,8 @@ from falaj.context import Context
 from falaj.errors import AuthError, EventError, FalajError, ResidencyViolation
 from falaj.events import EventData, EventType, ParsedEvent, make_event, parse_event
 from falaj.idempotency import IdempotencyKeys
-from falaj.logs import configure_logging, get_logger
+from falaj.logs import TRACEPARENT, configure_logging, current_traceparent, get_logger, traced
+from falaj.metrics import CONTENT_TYPE, Metrics
 from falaj.publisher import EventPublisher
 from falaj.settings import Settings
 
@@ -45,6 +53,7 @@ class CloudEventFunction(ABC):
     def __init__(self) -> None:
         self._ctx: Context | None = None
         self._publisher: EventPublisher | None = None
+        self._metrics: Metrics | None = None
 
     @property
     def ctx(self) -> Context:
@@ -52,8 +61,16 @@ class CloudEventFunction(ABC):
             raise FalajError(f"function {self.name} used before start()")
         return self._ctx
 
-    def start(self, ctx: Context) -> None:
+    @property
+    def metrics(self) -> Metrics:
+        if self._metrics is None:
+            raise FalajError(f"function {self.name} used before start()")
+        return self._metrics
+
+    def start(self, ctx: Context, metrics: Metrics | None = None) -> None:
+        """``metrics``: the process's catalog (``entrypoint``); by default one of its own."""
         self._ctx = ctx
+        self._metrics = metrics if metrics is not None else Metrics()
         self._publisher = EventPublisher.from_context(ctx)
         self.on_start()
 
@@ -68,7 +85,14 @@ class CloudEventFunction(ABC):
         if self._publisher is None:
             raise FalajError(f"function {self.name} emitted before start()")
         self._publisher.publish(
-            make_event(event_type, data, region=self.ctx.settings.region, subject=subject)
+            make_event(
+                event_type,
+                data,
+                region=self.ctx.settings.region,
+                subject=subject,
+                # The trace of the event being handled, if any, goes on with what it caused.
+                traceparent=current_traceparent(),
+            )
         )
 
     def stop(self) -> None:
@@ -89,6 +113,10 @@ class FunctionRuntime:
         self.log = get_logger(function=function.name)
 
     def __call__(self, event: CloudEvent, authorization: str | None) -> tuple[int, dict[str, Any]]:
+        with traced(event.get(TRACEPARENT)):
+            return self._answer(event, authorization)
+
+    def _answer(self, event: CloudEvent, authorization: str | None) -> tuple[int, dict[str, Any]]:
         try:
             self.ctx.admit(
                 authorization, Action.PUBLISH_EVENT, resource=f"function/{self.function.name}"
@@ -116,6 +144,16 @@ class FunctionRuntime:
             self.log.error("refused", error=str(exc), error_type=type(exc).__name__)
             return int(exc.status), {"error": str(exc)}
 
+    def scrape(self, authorization: str | None) -> tuple[int, bytes, str]:
+        """``GET /metrics``: (status, body, content type); a caller who may not read is refused."""
+        try:
+            self.ctx.admit(
+                authorization, Action.READ, resource=f"function/{self.function.name} GET /metrics"
+            )
+        except AuthError as exc:  # audited by admit
+            return int(exc.status), json.dumps({"error": str(exc)}).encode(), "application/json"
+        return 200, self.function.metrics.exposition(), CONTENT_TYPE
+
 
 def entrypoint(
     factory: Callable[[], CloudEventFunction], environ: dict[str, str] | None = None
@@ -125,8 +163,12 @@ def entrypoint(
     function = factory()
     configure_logging(function.name, settings.log_level)
     ctx = Context.create(settings, actor=function.name)
-    function.start(ctx)
+    function.start(ctx, Metrics.for_process())
     runtime = FunctionRuntime(function, ctx)
+    if flask.has_app_context():
+        # functions-framework imports the target inside its app's context: the
+        # app that serves the handler serves the metrics too, on its port.
+        serve_metrics(flask.current_app, runtime)
 
     @functions_framework.cloud_event
     def handle(event: CloudEvent) -> None:
@@ -137,3 +179,16 @@ def entrypoint(
             flask.abort(flask.make_response(flask.jsonify(body), status))
 
     return handle
+
+
+def serve_metrics(app: flask.Flask, runtime: FunctionRuntime) -> None:
+    """``GET /metrics`` on functions-framework's app; the handler's rules take POST only."""
+
+    def metrics() -> flask.Response:
+        status, body, content_type = runtime.scrape(flask.request.headers.get("Authorization"))
+        response = flask.Response(body, status=status, content_type=content_type)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    app.add_url_rule("/metrics", endpoint="falaj-metrics", view_func=metrics, methods=["GET"])

@@ -22,6 +22,10 @@ refer to it. A version scaled to zero is started by the request that needs it,
 which is held until it is ready (Knative's activator). While a canary serves,
 a guard compares it with the stable version every second and rolls it back,
 audited and announced, when the rollback policy says it is worse.
+
+``GET /metrics`` (``read``) serves ``falaj.metrics``: every inference request to
+a served model by version, variant and status code, with its end-to-end time,
+the guard's verdicts and the payload log's counts.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from falaj.auth import Action
@@ -53,6 +57,7 @@ from falaj.deployments import DeploymentStore, TrafficSplit
 from falaj.errors import AuthError, FalajError
 from falaj.events import MAX_INFERENCE_ID, EventType, make_event
 from falaj.logs import configure_logging, get_logger
+from falaj.metrics import CONTENT_TYPE, Metrics
 from falaj.publisher import EventPublisher
 from falaj.registry import ModelRegistry
 from falaj.rollouts import (
@@ -141,6 +146,8 @@ class Router:
     rollouts: Rollouts
     #: Announces what the guard did (``model.deployed``).
     publisher: EventPublisher
+    #: What ``/metrics`` serves (``falaj.metrics``).
+    metrics: Metrics
 
     def __post_init__(self) -> None:
         self.log = get_logger(component="router")
@@ -195,6 +202,23 @@ class Router:
         return await self._infer(request, Protocol.V2)
 
     async def _infer(self, request: Request, protocol: Protocol) -> Response:
+        started = time.perf_counter()
+        response = await self._answer(request, protocol)
+        model = request.path_params["name"]
+        # Only a model served here becomes a label: the name in a path is the caller's.
+        if self.pool.split(model) is not None:
+            # Empty when no version was chosen (refused, or none could serve).
+            version = response.headers.get(VERSION_HEADER, "")
+            variant = response.headers.get(VARIANT_HEADER, "")
+            self.metrics.inference_requests.labels(
+                model, version, variant, str(response.status_code)
+            ).inc()
+            self.metrics.inference_request_seconds.labels(model, version, variant).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+    async def _answer(self, request: Request, protocol: Protocol) -> Response:
         split = self.authorized_split(request, Action.PREDICT)
         if isinstance(split, JSONResponse):
             return split
@@ -233,7 +257,11 @@ class Router:
             self.serving_metrics.observe(
                 name, backend.version, str(variant), 502, (time.perf_counter() - started) * 1e3
             )
-            return error(502, f"{name} version {backend.version} did not answer ({exc})")
+            failed = error(502, f"{name} version {backend.version} did not answer ({exc})")
+            failed.headers.update(
+                {VERSION_HEADER: str(backend.version), VARIANT_HEADER: str(variant)}
+            )
+            return failed
         finally:
             self.pool.release(backend)
         self.serving_metrics.observe(
@@ -449,6 +477,7 @@ class Router:
             version=split.canary_version,
             reason=verdict.reason,
         )
+        self.metrics.canary_verdicts.labels(split.model, str(verdict.action)).inc()
         try:
             self.publisher.publish(
                 make_event(
@@ -553,25 +582,12 @@ class Router:
             return JSONResponse({"ready": False, "not_ready": waiting}, status_code=503)
         return JSONResponse({"ready": True})
 
-    async def metrics(self, request: Request) -> Response:
+    async def scrape(self, request: Request) -> Response:
         # Prometheus scrapes with a bearer token (its bearer_token_file) like any caller.
         denied = self.authorize(request, Action.READ)
         if denied is not None:
             return denied
-        stats = self.payloads.stats
-        lines = [
-            "# TYPE falaj_payload_log_events_total counter",
-            *(
-                f'falaj_payload_log_events_total{{outcome="{outcome}"}} {count}'
-                for outcome, count in (
-                    ("sent", stats.sent),
-                    ("failed", stats.failed),
-                    ("dropped", stats.dropped),
-                    ("skipped", stats.skipped),
-                )
-            ),
-        ]
-        return PlainTextResponse("\n".join(lines) + "\n")
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 def create_app(router: Router) -> Starlette:
@@ -609,7 +625,7 @@ def create_app(router: Router) -> Starlette:
         ("/v2/models/{name}/outcomes", router.outcomes, ["POST"]),
         ("/v2/health/live", router.live, ["GET"]),
         ("/v2/health/ready", router.ready, ["GET"]),
-        ("/metrics", router.metrics, ["GET"]),
+        ("/metrics", router.scrape, ["GET"]),
     ]
     return Starlette(
         routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes],
@@ -617,7 +633,7 @@ def create_app(router: Router) -> Starlette:
     )
 
 
-def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
+def build_router(ctx: Context, base_env: dict[str, str], metrics: Metrics | None = None) -> Router:
     """Everything one router process holds, from its context and base environment."""
     settings = ctx.settings
     store = DeploymentStore(ctx)
@@ -636,13 +652,15 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
         store,
     )
     registry = ModelRegistry(ctx)
-    metrics = ServingMetrics()
+    serving = ServingMetrics()
     payloads = PayloadLogger(
         EventPublisher.from_context(ctx, timeout_s=5.0),
         region=settings.region,
         features=lambda model, version: registry.get(model, version).feature_names,
-        on_logged=metrics.observe_predictions,
+        on_logged=serving.observe_predictions,
     )
+    exported = metrics if metrics is not None else Metrics()
+    exported.read_payload_log(lambda: dataclasses.asdict(payloads.stats))
     return Router(
         ctx=ctx,
         pool=pool,
@@ -650,10 +668,11 @@ def build_router(ctx: Context, base_env: dict[str, str]) -> Router:
         registry=registry,
         rng=random.Random(),
         upstream=Upstream(timeout_s=30.0, verify=client_verify(settings)),
-        serving_metrics=metrics,
+        serving_metrics=serving,
         rollouts=Rollouts(ctx, store, registry),
         # Its own publisher: the payload log's belongs to the payload thread.
         publisher=EventPublisher.from_context(ctx, timeout_s=5.0),
+        metrics=exported,
     )
 
 
@@ -667,7 +686,7 @@ def main() -> None:
     # The predictors inherit the platform's environment (PATH, the venv), but
     # their FALAJ_* settings come from ours alone.
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    app = create_app(build_router(ctx, base_env))
+    app = create_app(build_router(ctx, base_env, Metrics.for_process()))
     uvicorn.run(
         app,
         host=settings.host,

@@ -137,6 +137,7 @@ class DriftFunction(CloudEventFunction):
             verdict=verdict,
             alerted_at=now if verdict.alert else None,
         )
+        self._export(model, version, scores, alerted=verdict.alert)
         self.log.info(
             "drift.window_scored",
             model=model,
@@ -158,6 +159,15 @@ class DriftFunction(CloudEventFunction):
                     "window_rows": window.rows,
                 },
             )
+
+    def _export(self, model: str, version: int, scores: WindowScores, *, alerted: bool) -> None:
+        """The closed window's scores as gauges (the last window's stand), and the alert."""
+        gauge = self.metrics.drift_score
+        for feature, values in scores.items():
+            for statistic, value in values.items():
+                gauge.labels(model, str(version), feature, statistic).set(value.value)
+        if alerted:
+            self.metrics.drift_detected.labels(model).inc()
 
 
 def score_window(

@@ -50,6 +50,7 @@ from falaj.feature_repo import FeatureRepo, load_repo
 from falaj.features import FeatureStoreClient
 from falaj.function import CloudEventFunction
 from falaj.logs import get_logger
+from falaj.metrics import FileOutcome, RowOutcome
 from falaj.objects import Buckets, ObjectLocation
 from falaj.schema import FeatureSchema
 from falaj.validation import RowRejection, SeenKeys, frame_as_table, validate_table
@@ -277,7 +278,19 @@ class IngestFunction(CloudEventFunction):
             },
         )
         self.log.info("ingested", location=uri, dataset=features.schema.dataset, **counts.__dict__)
+        dataset = features.schema.dataset
+        self._count_rows(
+            dataset, ingested=counts.rows_ingested, quarantined=counts.rows_quarantined
+        )
+        self.metrics.ingest_files.labels(dataset, FileOutcome.INGESTED).inc()
         return EventType.DATA_INGESTED, ingested
+
+    def _count_rows(self, dataset: str, *, ingested: int = 0, quarantined: int = 0) -> None:
+        rows = self.metrics.ingest_rows
+        if ingested:
+            rows.labels(dataset, RowOutcome.INGESTED).inc(ingested)
+        if quarantined:
+            rows.labels(dataset, RowOutcome.QUARANTINED).inc(quarantined)
 
     def _load(
         self,
@@ -370,6 +383,7 @@ class IngestFunction(CloudEventFunction):
             good = self._pseudonymized(validated.good, schema)
             self.features.push_online(good.to_pandas())
             journal.append(event.source, event.id, _json_row(good))
+            self._count_rows(schema.dataset, ingested=1)
         if journal.due():
             self.roll()
 
@@ -379,6 +393,7 @@ class IngestFunction(CloudEventFunction):
         (hidden,) = self._hidden([rejection], schema)
         self._write_quarantined(event.source, event.id, hidden.reasons, hidden.row)
         self.journal.quarantined()
+        self._count_rows(schema.dataset, quarantined=1)
 
     def _write_quarantined(
         self, source: str, event_id: str, reasons: list[str], row: dict[str, object]
@@ -411,6 +426,8 @@ class IngestFunction(CloudEventFunction):
                     for rejection in validated.rejected:
                         source, event_id = taken.keys[rejection.row_number - 1]
                         self._write_quarantined(source, event_id, rejection.reasons, rejection.row)
+                    # Counted as ingested when they came; quarantined now all the same.
+                    self._count_rows(self.schema.dataset, quarantined=len(validated.rejected))
             except BaseException:
                 offline.abort()
                 raise
@@ -475,6 +492,8 @@ class IngestFunction(CloudEventFunction):
             details={"object_version": version, "reason": reason},
         )
         self.log.warning("rejected", location=uri, reason=reason)
+        # A file of no dataset is counted under dataset="" (its key named none).
+        self.metrics.ingest_files.labels(dataset, FileOutcome.REJECTED).inc()
         return DataRejected(
             dataset=dataset,
             location=uri,

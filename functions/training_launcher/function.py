@@ -53,6 +53,7 @@ from falaj.feature_repo import FeatureRepo, load_repo
 from falaj.function import CloudEventFunction
 from falaj.kubernetes_api import in_cluster_api_client
 from falaj.logs import get_logger
+from falaj.metrics import TrainingOutcome
 from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
 from falaj.settings import write_secrets_file
@@ -310,7 +311,7 @@ class TrainingLauncherFunction(CloudEventFunction):
             outcome=Outcome.FAILED,
             details={"job_id": run.job_id, "status": state.status, "error": reason},
         )
-        self.jobs.record_announced(run.job_id, "failed", reason)
+        self._settle(run.job_id, "failed", reason)
         self.emit(
             EventType.TRAINING_FAILED,
             TrainingFailed(model=run.model, job_id=run.job_id, reason=reason),
@@ -437,9 +438,9 @@ class TrainingLauncherFunction(CloudEventFunction):
                 train_loss=data.train_loss,
             )
         elif isinstance(data, TrainingCompleted):
-            known = self.jobs.record_announced(data.job_id, "completed")
+            known = self._settle(data.job_id, "completed")
         elif isinstance(data, TrainingFailed):
-            known = self.jobs.record_announced(data.job_id, "failed", data.reason)
+            known = self._settle(data.job_id, "failed", data.reason)
         else:
             raise EventError(f"{self.name} has no policy for {event.type}")
         if not known:
@@ -449,6 +450,22 @@ class TrainingLauncherFunction(CloudEventFunction):
         if event.type in (EventType.TRAINING_COMPLETED, EventType.TRAINING_FAILED):
             # Its end frees the model: the pending request need not wait for the watcher.
             self._reconcile(data.model, datetime.now(UTC))
+
+    def _settle(self, job_id: str, announced: str, reason: str | None = None) -> bool:
+        """Store a run's announced end, counted once: the job's own word and the
+        launcher's (its ``training.failed`` comes back here) are one end. False: not ours."""
+        run = self.jobs.run(job_id)
+        known = self.jobs.record_announced(job_id, announced, reason)
+        if run is not None and run.announced is None:
+            outcome = (
+                TrainingOutcome.SUCCEEDED if announced == "completed" else TrainingOutcome.FAILED
+            )
+            self.metrics.training_runs.labels(run.model, outcome).inc()
+            took = datetime.now(UTC) - datetime.fromisoformat(run.submitted)
+            self.metrics.training_duration_seconds.labels(run.model).observe(
+                max(took.total_seconds(), 0.0)
+            )
+        return known
 
     def _ray_jobs(self) -> JobsBackend:
         if self._ray is None:
