@@ -34,8 +34,8 @@ from urllib3.exceptions import HTTPError
 from falaj.closeable import Closeable
 from falaj.deployments import TrafficSplit
 from falaj.errors import ConfigError, DeploymentError, RolloutRefused
-from falaj.kubernetes_api import CustomResource, api_problem
-from falaj.manifest_schemas import SchemaStore, validate_manifest
+from falaj.kubernetes_api import CustomResource, api_problem, crd_problems
+from falaj.manifest_schemas import SchemaStore
 
 INFERENCE_SERVICES = CustomResource(
     group="serving.kserve.io",
@@ -80,7 +80,7 @@ class InferenceServiceTraffic(Closeable):
         """Make the InferenceService serve ``split`` (read, change, check, replace)."""
         current = self._read(split.model)
         body = inference_service_body(current, split)
-        problems = validate_manifest(as_applied(body), strict=True, store=self._schemas)
+        problems = crd_problems(as_applied(body), self._schemas)
         if problems:
             raise ConfigError(
                 f"the InferenceService {self.namespace}/{split.model} for {_describe(split)} "

@@ -20,6 +20,8 @@ from kubernetes.config import load_incluster_config
 from kubernetes.config.config_exception import ConfigException
 
 from falaj.errors import ConfigError
+from falaj.logs import get_logger
+from falaj.manifest_schemas import SchemaStore, default_store, validate_manifest
 
 
 def in_cluster_api_client(service_account: str) -> ApiClient:
@@ -47,6 +49,30 @@ class CustomResource:
     #: The project whose CRD it is (``KubeRay``), and what installs it.
     project: str
     installed_by: str
+
+
+def crd_problems(body: Mapping[str, Any], store: SchemaStore | None = None) -> list[str]:
+    """What the CRD (strict) finds wrong with ``body`` before it is sent.
+
+    The official schemas live beside the repository (``shared/schemas``), not in
+    the images: in a pod there are none to read, and the API server's own
+    strict validation (every write sends ``fieldValidation=Strict``) is the
+    check; that is logged, once per process. The tests validate every body.
+    """
+    store = store or default_store()
+    if not store.schemas_dir.is_dir():
+        if not _unchecked_logged:
+            _unchecked_logged.append(True)
+            get_logger(component="kubernetes").warning(
+                "crd.schemas_absent",
+                schemas_dir=str(store.schemas_dir),
+                checked_by="the API server (fieldValidation=Strict)",
+            )
+        return []
+    return validate_manifest(body, strict=True, store=store)
+
+
+_unchecked_logged: list[bool] = []
 
 
 def server_status(exc: ApiException) -> Mapping[str, Any]:

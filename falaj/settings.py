@@ -198,6 +198,11 @@ class Settings(BaseModel):
         description="whether Ray Train workers use a GPU each; unset, the job looks for CUDA "
         "where its driver runs (on a cluster the launcher sets it from the worker pool)",
     )
+    code_commit: str | None = Field(
+        default=None,
+        description="the commit of the code this image was built from (a build argument), "
+        "recorded in a trained version's lineage; unset, git is asked",
+    )
     cluster_namespace: str = Field(
         default="falaj",
         description="the Kubernetes namespace the platform's cluster paths work in (RayJobs, "

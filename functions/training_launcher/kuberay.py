@@ -21,8 +21,8 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from falaj.errors import ConfigError
-from falaj.kubernetes_api import CustomResource, api_problem, names_missing_object
-from falaj.manifest_schemas import SchemaStore, validate_manifest
+from falaj.kubernetes_api import CustomResource, api_problem, crd_problems, names_missing_object
+from falaj.manifest_schemas import SchemaStore
 from falaj.residency import Boundary, ResidencyPolicy
 from functions.training_launcher.errors import JobSubmissionFailed
 from functions.training_launcher.ray_jobs import LOST, JobSpec, JobState, short_error
@@ -76,7 +76,7 @@ class KubeRayJobs:
     def body(self, spec: JobSpec) -> dict[str, Any]:
         """The RayJob ``submit`` would send, checked against KubeRay's CRD (strict)."""
         body = rayjob_body(spec, self.template, self.target)
-        problems = validate_manifest(body, strict=True, store=self._schemas)
+        problems = crd_problems(body, self._schemas)
         if problems:
             raise ConfigError(
                 f"the RayJob for training job {spec.job_id} does not fit KubeRay's RayJob CRD: "

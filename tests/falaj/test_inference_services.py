@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,3 +172,23 @@ def test_api_refusals_say_what_to_do_and_never_the_token(
     message = str(caught.value)
     assert fix in message and "refused here" in message
     assert TOKEN not in message
+
+
+def test_without_the_crd_schemas_a_pod_leaves_the_check_to_the_api_server(
+    tmp_path: Path, schema_store: SchemaStore
+) -> None:
+    """The images carry no shared/schemas: the API server's strict validation checks instead."""
+    shipped_none = SchemaStore(schemas_dir=tmp_path / "not-in-the-image")
+    fake = FakeKubernetes(collection=COLLECTION, objects={"fraud": applied()})
+    with serving(fake) as (_, host):
+        traffic = InferenceServiceTraffic(
+            ApiClient(Configuration(host=host)), namespace=NAMESPACE, schemas=shipped_none
+        )
+        try:
+            traffic.set(CANARY)
+        finally:
+            traffic.close()
+    (put,) = [s for s in fake.seen if s.method == "PUT"]
+    assert "fieldValidation=Strict" in put.query
+    # What was sent is still what the CRD accepts (checked here, where the schemas are).
+    assert validate_manifest(as_applied(put.body), strict=True, store=schema_store) == []

@@ -178,3 +178,8 @@ def test_a_bad_secrets_file_names_its_line_never_its_value(tmp_path: Path) -> No
     assert "r3dis" not in str(raised.value)
     with pytest.raises(ConfigError, match="cannot be read"):
         Settings.from_env({"FALAJ_SECRETS_FILE": str(tmp_path / "absent")})
+
+
+def test_the_code_commit_an_image_was_built_from_is_a_setting() -> None:
+    """FALAJ_CODE_COMMIT (training/lineage.py) is known: a build argument never stops a process."""
+    assert Settings.from_env({"FALAJ_CODE_COMMIT": "0a8a66a"}).code_commit == "0a8a66a"
