@@ -36,7 +36,8 @@ from falaj.settings import Settings
 from functions.drift.function import DriftFunction
 from functions.training_launcher import TrainingLauncherFunction
 from functions.training_launcher import function as launcher_module
-from functions.training_launcher.ray_jobs import JobSpec, JobState
+from functions.training_launcher.ray_jobs import JobState
+from tests.functions.test_training_launcher import RayThatRuns
 from tests.support.event_sink import EventSink
 from tests.support.functions import start_function
 from tests.support.metrics import Scraped, scrape
@@ -172,25 +173,6 @@ def test_drift_exports_the_closed_windows_scores_and_counts_its_alerts(
 
 
 # -- the training launcher, in this process -----------------------------------------------
-
-
-class RayThatRuns:
-    """The Ray Jobs API, standing in: every job runs until the test ends it."""
-
-    def __init__(self) -> None:
-        self.submitted: list[JobSpec] = []
-        self.states: dict[str, JobState] = {}
-
-    def submit(self, spec: JobSpec) -> str:
-        self.submitted.append(spec)
-        self.states[spec.job_id] = JobState(status="RUNNING")
-        return spec.job_id
-
-    def state(self, job_id: str) -> JobState:
-        return self.states[job_id]
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
