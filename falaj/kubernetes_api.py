@@ -9,6 +9,7 @@ its own words (never a request header) and the fix.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,18 +62,18 @@ def crd_problems(body: Mapping[str, Any], store: SchemaStore | None = None) -> l
     """
     store = store or default_store()
     if not store.schemas_dir.is_dir():
-        if not _unchecked_logged:
-            _unchecked_logged.append(True)
-            get_logger(component="kubernetes").warning(
-                "crd.schemas_absent",
-                schemas_dir=str(store.schemas_dir),
-                checked_by="the API server (fieldValidation=Strict)",
-            )
+        _log_schemas_absent(str(store.schemas_dir))
         return []
     return validate_manifest(body, strict=True, store=store)
 
 
-_unchecked_logged: list[bool] = []
+@functools.cache  # once per process and folder, not per write
+def _log_schemas_absent(schemas_dir: str) -> None:
+    get_logger(component="kubernetes").warning(
+        "crd.schemas_absent",
+        schemas_dir=schemas_dir,
+        checked_by="the API server (fieldValidation=Strict)",
+    )
 
 
 def server_status(exc: ApiException) -> Mapping[str, Any]:
