@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -135,6 +136,21 @@ class AuditLog:
             for line in log:
                 if line.strip():
                     yield json.loads(line)
+
+    def newest(self, limit: int, *, action_prefix: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries, newest first; a line that is not JSON is left out.
+
+        (``verify`` is what names a broken line; a reader still shows the rest.)
+        """
+        kept: deque[dict[str, Any]] = deque(maxlen=limit)
+        for raw in self._raw_lines():
+            try:
+                entry = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if action_prefix is None or str(entry.get("action", "")).startswith(action_prefix):
+                kept.append(entry)
+        return list(reversed(kept))
 
     def verify(self) -> VerifyReport:
         """Walk the chain; raise ``AuditTampered`` naming the first broken line."""

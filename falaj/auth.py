@@ -127,17 +127,38 @@ class TokenStore:
         self._cache = (mtime_ns, loaded)
         return loaded
 
-    def issue(self, subject: str, role: Role) -> str:
-        """Create a token for ``subject``; the token itself is returned once, never stored."""
-        token = "flj_" + secrets.token_urlsafe(32)
-        entries = dict(self._load())
-        entries[_digest(token)] = {"subject": subject, "role": str(role)}
+    def _save(self, entries: dict[str, dict[str, str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=1))
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
+
+    def issue(self, subject: str, role: Role) -> str:
+        """Create a token for ``subject``; the token itself is returned once, never stored."""
+        token = "flj_" + secrets.token_urlsafe(32)
+        entries = dict(self._load())
+        entries[_digest(token)] = {"subject": subject, "role": str(role)}
+        self._save(entries)
         return token
+
+    def holders(self) -> list[Principal]:
+        """Who holds a token issued here (one entry per token), by subject."""
+        return sorted(
+            (
+                Principal(subject=who["subject"], role=Role(who["role"]))
+                for who in self._load().values()
+            ),
+            key=lambda principal: (principal.subject, principal.role),
+        )
+
+    def revoke(self, subject: str) -> int:
+        """Withdraw every token of ``subject``; how many there were (0: none)."""
+        entries = self._load()
+        kept = {digest: who for digest, who in entries.items() if who["subject"] != subject}
+        if len(kept) != len(entries):
+            self._save(kept)
+        return len(entries) - len(kept)
 
     def authenticate(self, authorization: str | None) -> Principal:
         """Resolve an ``Authorization: Bearer ...`` header to a principal."""

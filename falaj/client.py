@@ -10,12 +10,13 @@ import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import httpx
 
 from falaj.closeable import Closeable
-from falaj.errors import FalajError
+from falaj.errors import FalajError, UpstreamError
 from falaj.events import EventType
 from falaj.settings import Settings
 from falaj.tls import client_verify
@@ -40,22 +41,39 @@ class PlatformClient(Closeable):
         router_url: str,
         token: str,
         verify: ssl.SSLContext | bool = True,
+        timeout_s: float = 30.0,
     ) -> None:
         self.broker_url = broker_url.rstrip("/")
         self.router_url = router_url.rstrip("/")
         self._http = httpx.Client(
-            timeout=30.0, headers={"Authorization": f"Bearer {token}"}, verify=verify
+            timeout=timeout_s, headers={"Authorization": f"Bearer {token}"}, verify=verify
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, token: str) -> PlatformClient:
+    def from_settings(
+        cls, settings: Settings, *, token: str, timeout_s: float = 30.0
+    ) -> PlatformClient:
         """A client of the platform these settings describe (its URLs, its TLS trust)."""
         return cls(
             broker_url=settings.broker_ingress,
             router_url=settings.router_url,
             token=token,
             verify=client_verify(settings),
+            timeout_s=timeout_s,
         )
+
+    def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One request; an ``UpstreamError`` when it is refused or nothing answers."""
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"cannot {what}: {url} does not answer ({type(exc).__name__}); "
+                "is 'falaj up' running?",
+                status=HTTPStatus.SERVICE_UNAVAILABLE,
+            ) from None
+        _raise_for(response, what)
+        return response
 
     # -- events ----------------------------------------------------------------
 
@@ -65,8 +83,7 @@ class PlatformClient(Closeable):
         params: dict[str, Any] = {"limit": limit}
         if event_type is not None:
             params["type"] = str(event_type)
-        response = self._http.get(f"{self.broker_url}/events", params=params)
-        _raise_for(response, "list events")
+        response = self._request("GET", f"{self.broker_url}/events", "list events", params=params)
         events: list[dict[str, Any]] = response.json()
         return events
 
@@ -100,15 +117,19 @@ class PlatformClient(Closeable):
             time.sleep(POLL_INTERVAL_S)  # polling the event log, as `kubectl wait` does
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        response = self._http.get(f"{self.broker_url}/dead-letters", params={"limit": limit})
-        _raise_for(response, "list dead letters")
+        response = self._request(
+            "GET", f"{self.broker_url}/dead-letters", "list dead letters", params={"limit": limit}
+        )
         letters: list[dict[str, Any]] = response.json()
         return letters
 
     def replay(self, dead_letter_id: int) -> dict[str, Any]:
         """Send a dead letter's delivery again, with a fresh retry budget."""
-        response = self._http.post(f"{self.broker_url}/dead-letters/{dead_letter_id}/replay")
-        _raise_for(response, f"replay dead letter {dead_letter_id}")
+        response = self._request(
+            "POST",
+            f"{self.broker_url}/dead-letters/{dead_letter_id}/replay",
+            f"replay dead letter {dead_letter_id}",
+        )
         result: dict[str, Any] = response.json()
         return result
 
@@ -149,8 +170,9 @@ class PlatformClient(Closeable):
 
     def ab_report(self, model: str) -> dict[str, Any]:
         """The router's live comparison of the variants of ``model``."""
-        response = self._http.get(f"{self.router_url}/v2/models/{model}/ab")
-        _raise_for(response, f"read the A/B report of {model}")
+        response = self._request(
+            "GET", f"{self.router_url}/v2/models/{model}/ab", f"read the A/B report of {model}"
+        )
         report: dict[str, Any] = response.json()
         return report
 
@@ -176,4 +198,6 @@ def _raise_for(response: httpx.Response, what: str) -> None:
         reason = str(response.json()["error"])
     except (ValueError, KeyError, TypeError):
         reason = response.text[:300]
-    raise FalajError(f"cannot {what} (HTTP {response.status_code}): {reason}")
+    code = response.status_code
+    status = HTTPStatus(code) if 400 <= code < 500 else HTTPStatus.BAD_GATEWAY
+    raise UpstreamError(f"cannot {what} (HTTP {code}): {reason}", status=status)

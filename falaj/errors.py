@@ -18,7 +18,8 @@
     ├── StorageError           an object cannot be located or read from here
     │   └── ObjectKeyError     its key would name something outside its bucket
     ├── ManifestError          a manifest cannot be read into the local runtime
-    └── RuntimeStartError      a local process would not start or get ready
+    ├── RuntimeStartError      a local process would not start or get ready
+    └── UpstreamError          another platform process refused a request or is down
 
 Each class carries the HTTP status an endpoint answers with when it escapes a
 handler, so the boundary translates once (bentoml's habit).
@@ -177,3 +178,15 @@ class ManifestError(FalajError):
 
 class RuntimeStartError(FalajError):
     """Raised when a local process does not start or does not become ready in time."""
+
+
+class UpstreamError(FalajError):
+    """Raised when another platform process (the broker, the router) refuses a request or is down.
+
+    ``status`` is its own answer when it refused (a 403 stays a 403 for the
+    caller), and 502 or 503 when it failed or could not be reached.
+    """
+
+    def __init__(self, message: str, *, status: HTTPStatus) -> None:
+        super().__init__(message)
+        self.status = status

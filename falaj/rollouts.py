@@ -20,12 +20,14 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from cloudevents.http import CloudEvent
+
 from falaj.ab_stats import compare_rates
 from falaj.audit import Outcome
 from falaj.context import Context
 from falaj.deployments import TrafficSplit, TrafficStore, now_iso
 from falaj.errors import FalajError, RolloutRefused
-from falaj.events import ModelDeployed
+from falaj.events import EventType, ModelDeployed, make_event
 from falaj.registry import ModelRegistry
 from falaj.residency import Boundary
 from falaj.settings import Settings
@@ -164,6 +166,17 @@ def deployed_event(split: TrafficSplit, step: RolloutStep) -> ModelDeployed:
 def deployed_subject(split: TrafficSplit, step: RolloutStep) -> str:
     """The announcement's subject: ``model/version``, the version the step was about."""
     return f"{split.model}/{step.version or split.stable_version}"
+
+
+def announcement(result: RolloutResult, *, region: str, source: str) -> CloudEvent:
+    """The ``model.deployed`` event that tells the router (and everyone) of a changed split."""
+    return make_event(
+        EventType.MODEL_DEPLOYED,
+        deployed_event(result.after, result.step),
+        region=region,
+        source=source,
+        subject=deployed_subject(result.after, result.step),
+    )
 
 
 def _with_canary(current: TrafficSplit, version: int, percent: int) -> TrafficSplit:

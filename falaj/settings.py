@@ -417,6 +417,11 @@ class Settings(BaseModel):
         return f"{self.scheme}://{self.host}:{self.router_port}"
 
     @property
+    def control_url(self) -> str:
+        """The control API and dashboard (``falaj.control``)."""
+        return f"{self.scheme}://{self.host}:{self.control_port}"
+
+    @property
     def ray_jobs_address(self) -> str:
         return self.ray_address or f"http://{self.host}:{self.ray_dashboard_port}"
 

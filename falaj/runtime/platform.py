@@ -9,6 +9,7 @@
 |                             | ``FALAJ_RABBITMQ_URL`` set)                            |
 | PingSource                  | ``python -m eventing.ping_source`` (the schedule)      |
 | InferenceService            | ``python -m inference.router`` (split + revisions)    |
+| (the control API)           | ``python -m falaj.control`` (dashboard, ``/api``)     |
 | RayJob                      | a local Ray head; the launcher submits to its Jobs API |
 
 Processes are started in dependency order and stopped in reverse, by PID.
@@ -84,6 +85,7 @@ class LocalPlatform:
             self._start_services(topology, endpoints, env, progress)
             self._start_sources(topology, env, progress)
             self._start_router(env, progress)
+            self._start_control(env, progress)
             self._write_state(endpoints)
         except BaseException:
             self.down()
@@ -116,6 +118,7 @@ class LocalPlatform:
         wanted = {
             "broker": self.settings.broker_port,
             "router": self.settings.router_port,
+            "control": self.settings.control_port,
         }
         if self.external_ray_address is None:
             wanted["ray dashboard"] = self.settings.ray_dashboard_port
@@ -128,8 +131,8 @@ class LocalPlatform:
             raise RuntimeStartError(
                 "already in use: "
                 + ", ".join(busy)
-                + "; stop what holds them ('falaj down') or choose other ports "
-                "(FALAJ_BROKER_PORT, FALAJ_ROUTER_PORT, FALAJ_RAY_DASHBOARD_PORT)"
+                + "; stop what holds them ('falaj down') or choose other ports (FALAJ_BROKER_PORT, "
+                "FALAJ_ROUTER_PORT, FALAJ_CONTROL_PORT, FALAJ_RAY_DASHBOARD_PORT)"
             )
 
     def _issue_tokens(self) -> Path:
@@ -297,6 +300,15 @@ class LocalPlatform:
             ),
         )
 
+    def _start_control(self, env: Mapping[str, str], progress: Progress) -> None:
+        progress(f"control API and dashboard on {self.settings.control_url}")
+        self._spawn(
+            "control",
+            [sys.executable, "-m", "falaj.control"],
+            env,
+            ReadyCheck(self.settings.host, self.settings.control_port, "/healthz", tls=self._tls),
+        )
+
     @property
     def _tls(self) -> ssl.SSLContext | bool | None:
         """What the readiness probes verify the listeners' certificate with; None: plain HTTP."""
@@ -330,6 +342,7 @@ class LocalPlatform:
             "home": str(self.paths.home),
             "broker": self.settings.broker_ingress,
             "router": self.settings.router_url,
+            "control": self.settings.control_url,
             "ray": self.settings.ray_jobs_address,
             "functions": dict(endpoints),
             "processes": {p.name: p.pid for p in self.processes},

@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from falaj.runtime.processes import free_port, port_open
-from tests.support.ray_jobs import RayHead
+from falaj.runtime.processes import port_open
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
 BAD_ROWS = 12  # DemoConfig.bad_rows
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory, ray_head: RayHead) -> dict[str, object]:
-    workdir = tmp_path_factory.mktemp("demo")
-    ports = {
-        "FALAJ_BROKER_PORT": free_port(),
-        "FALAJ_ROUTER_PORT": free_port(),
-        "FALAJ_GRPC_PORT": free_port(),
-        "FALAJ_CONTROL_PORT": free_port(),
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    env.update({k: str(v) for k, v in ports.items()})
-    env.update(ray_head.env)
-    env["COLUMNS"] = "200"
-    falaj = Path(sys.executable).with_name("falaj")
-    completed = subprocess.run(
-        [str(falaj), "demo", "--rows", "3000", "--json"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    report = json.loads(completed.stdout[completed.stdout.index("{\n") :])
-    return {
-        "report": report,
-        "ports": ports,
-        "home": workdir / ".falaj" / "demo",
-        "output": completed.stdout + completed.stderr,
-    }
 
 
 def test_two_versions_were_trained_and_registered(demo_run: dict) -> None:

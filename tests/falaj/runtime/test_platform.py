@@ -66,7 +66,13 @@ def _served_version(home: Path) -> int:
 def platform_env(ray_head: RayHead, **settings: str) -> dict[str, str]:
     """A ``falaj up`` environment: free ports, the shared Ray head, and ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    env.update({"FALAJ_BROKER_PORT": str(free_port()), "FALAJ_ROUTER_PORT": str(free_port())})
+    env.update(
+        {
+            "FALAJ_BROKER_PORT": str(free_port()),
+            "FALAJ_ROUTER_PORT": str(free_port()),
+            "FALAJ_CONTROL_PORT": str(free_port()),
+        }
+    )
     return {**env, **ray_head.env, **settings}
 
 

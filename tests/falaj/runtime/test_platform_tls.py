@@ -83,7 +83,12 @@ def test_every_listener_serves_tls_and_the_loop_runs_over_it(
     try:
         up.wait_ready(state_file.exists, timeout_s=120.0)
         state = json.loads(state_file.read_text())
-        listeners = [state["broker"], state["router"], *state["functions"].values()]
+        listeners = [
+            state["broker"],
+            state["router"],
+            state["control"],
+            *state["functions"].values(),
+        ]
         assert all(url.startswith("https://") for url in listeners), listeners
 
         token = (home / "keys" / "platform-admin.token").read_text()

@@ -1,0 +1,3 @@
+from falaj.control.app import main
+
+main()
