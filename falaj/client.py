@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from falaj.closeable import Closeable
-from falaj.errors import FalajError, UpstreamError
+from falaj.errors import FalajError, PlatformRequestError
 from falaj.events import EventType
 from falaj.settings import Settings
 from falaj.tls import client_verify
@@ -63,11 +63,11 @@ class PlatformClient(Closeable):
         )
 
     def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
-        """One request; an ``UpstreamError`` when it is refused or nothing answers."""
+        """One request; a ``PlatformRequestError`` when it is refused or nothing answers."""
         try:
             response = self._http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise UpstreamError(
+            raise PlatformRequestError(
                 f"cannot {what}: {url} does not answer ({type(exc).__name__}); "
                 "is 'falaj up' running?",
                 status=HTTPStatus.SERVICE_UNAVAILABLE,
@@ -200,4 +200,4 @@ def _raise_for(response: httpx.Response, what: str) -> None:
         reason = response.text[:300]
     code = response.status_code
     status = HTTPStatus(code) if 400 <= code < 500 else HTTPStatus.BAD_GATEWAY
-    raise UpstreamError(f"cannot {what} (HTTP {code}): {reason}", status=status)
+    raise PlatformRequestError(f"cannot {what} (HTTP {code}): {reason}", status=status)

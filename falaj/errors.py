@@ -19,7 +19,7 @@
     │   └── ObjectKeyError     its key would name something outside its bucket
     ├── ManifestError          a manifest cannot be read into the local runtime
     ├── RuntimeStartError      a local process would not start or get ready
-    └── UpstreamError          another platform process refused a request or is down
+    └── PlatformRequestError   the broker or the router refused a request, or is down
 
 Each class carries the HTTP status an endpoint answers with when it escapes a
 handler, so the boundary translates once (bentoml's habit).
@@ -180,7 +180,7 @@ class RuntimeStartError(FalajError):
     """Raised when a local process does not start or does not become ready in time."""
 
 
-class UpstreamError(FalajError):
+class PlatformRequestError(FalajError):
     """Raised when another platform process (the broker, the router) refuses a request or is down.
 
     ``status`` is its own answer when it refused (a 403 stays a 403 for the

@@ -55,7 +55,7 @@ from falaj.auth import Action
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
 from falaj.errors import AuthError, FalajError
-from falaj.events import MAX_INFERENCE_ID, EventType, make_event
+from falaj.events import MAX_INFERENCE_ID
 from falaj.logs import configure_logging, get_logger
 from falaj.metrics import CONTENT_TYPE, Metrics
 from falaj.publisher import EventPublisher
@@ -66,8 +66,7 @@ from falaj.rollouts import (
     RolloutAction,
     Rollouts,
     RolloutStep,
-    deployed_event,
-    deployed_subject,
+    announcement,
 )
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.tls import client_verify, uvicorn_options
@@ -480,13 +479,7 @@ class Router:
         self.metrics.canary_verdicts.labels(split.model, str(verdict.action)).inc()
         try:
             self.publisher.publish(
-                make_event(
-                    EventType.MODEL_DEPLOYED,
-                    deployed_event(result.after, step),
-                    region=self.ctx.settings.region,
-                    source=SOURCE,
-                    subject=deployed_subject(result.after, step),
-                )
+                announcement(result, region=self.ctx.settings.region, source=SOURCE)
             )
         except FalajError as exc:
             # The step stands (stored and audited); only the announcement is lost.

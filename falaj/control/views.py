@@ -23,7 +23,7 @@ from falaj.client import PlatformClient
 from falaj.context import Context
 from falaj.deployments import DB_FILE as DEPLOYMENTS_DB
 from falaj.deployments import TrafficSplit, open_traffic_store
-from falaj.errors import AuditTampered, FalajError, UpstreamError
+from falaj.errors import AuditTampered, FalajError, PlatformRequestError
 from falaj.quarantine import quarantined_rows, refused_files
 from falaj.registry import ModelRegistry
 from falaj.training_runs import DB_FILE as TRAINING_DB
@@ -162,7 +162,7 @@ def events(ctx: Context, token: str, *, limit: int = 100) -> dict[str, Any]:
         with _client(ctx, token) as client:
             recent = client.events(limit=limit)
             dead = client.dead_letters(limit=limit)
-    except UpstreamError as exc:
+    except PlatformRequestError as exc:
         return {"events": [], "by_type": {}, "dead_letters": [], "error": str(exc)}
     return {
         "events": recent[::-1],  # newest first
