@@ -338,3 +338,26 @@ def test_the_audit_page_says_whether_the_chain_verifies(
     assert "line 1 was edited" in tampered["error"]
     assert [e["action"] for e in tampered["recent"]] == ["auth.logout"]  # still shown
     assert "does NOT verify" in app.get("/audit").text
+
+
+def test_a_version_page_shows_its_lineage_and_its_history(
+    app: TestClient, ctx: Context, tokens: dict[Role, str]
+) -> None:
+    with_canary(ctx)
+    login(app, tokens[Role.VIEWER])
+    page = app.get("/models/fraud/2")
+    assert page.status_code == 200
+    version = app.get(
+        "/api/models/fraud/2", headers={"Authorization": f"Bearer {tokens[Role.VIEWER]}"}
+    )
+    shown = version.json()
+    assert shown["digest"] in page.text
+    assert shown["aliases"] == ["canary"] and shown["serving"] == "canary (20%)"
+    assert shown["lineage"] == {"training_job_id": "test"}
+    assert [step["action"] for step in shown["history"]] == [
+        e["action"]
+        for e in ctx.audit.entries()
+        if e["resource"] == "model/fraud/2" and e["action"].startswith("model.")
+    ]
+    assert shown["history"], "registering a version is audited"
+    assert app.get("/models/fraud/9").status_code == 404
