@@ -115,14 +115,17 @@ class TrafficStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_traffic_store(ctx: Context) -> TrafficStore:
-    """The store ``FALAJ_SERVING_BACKEND`` names: local (this one) or kserve (the cluster's)."""
+def open_traffic_store(ctx: Context, *, service_account: str = "rollout") -> TrafficStore:
+    """The store ``FALAJ_SERVING_BACKEND`` names: local (this one) or kserve (the cluster's).
+
+    ``service_account``: the ServiceAccount the pod runs as (rbac.yaml), named in errors.
+    """
     if ctx.settings.serving_backend == "kserve":
         from falaj.inference_services import InferenceServiceTraffic
         from falaj.kubernetes_api import in_cluster_api_client
 
         return InferenceServiceTraffic(
-            in_cluster_api_client("rollout"), namespace=ctx.settings.cluster_namespace
+            in_cluster_api_client(service_account), namespace=ctx.settings.cluster_namespace
         )
     return DeploymentStore(ctx)
 

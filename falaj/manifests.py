@@ -4,7 +4,8 @@
 resources, in the order its ``kustomization.yaml`` lists them, into the frozen
 types of ``falaj.topology`` so that ``falaj up`` runs exactly what is declared:
 the functions' commands, the Broker's and Triggers' filters and delivery, the
-storage source, the InferenceService's traffic split and the RayJob.
+storage source, the InferenceService's traffic split, the RayJob and the
+control API's command.
 
 Only what has a local meaning is carried. Cluster-only kinds (RBAC, volumes,
 the ServingRuntime's image, ...) are read past, and env values that come from
@@ -39,6 +40,7 @@ from falaj.topology import (
     BackoffPolicy,
     BrokerSpec,
     DeliverySpec,
+    DeploymentSpec,
     InferenceServiceSpec,
     RayJobSpec,
     ServiceSpec,
@@ -65,6 +67,8 @@ CLUSTER_ONLY_KINDS = frozenset(
         ("v1", "Secret"),
         ("v1", "ServiceAccount"),
         ("v1", "PersistentVolumeClaim"),
+        # The control API's in-cluster address; locally it listens on settings.control_port.
+        ("v1", "Service"),
         ("rbac.authorization.k8s.io/v1", "Role"),
         ("rbac.authorization.k8s.io/v1", "RoleBinding"),
         ("networking.k8s.io/v1", "NetworkPolicy"),
@@ -74,6 +78,9 @@ CLUSTER_ONLY_KINDS = frozenset(
         ("serving.kserve.io/v1alpha1", "ServingRuntime"),
     }
 )
+
+#: The one Deployment the local runtime runs: the control API (manifests/base/control.yaml).
+CONTROL_DEPLOYMENT = "control"
 
 _TRIGGER_FIELDS = frozenset({"broker", "brokerRef", "filter", "filters", "subscriber", "delivery"})
 _FILTER_FIELDS = frozenset({"attributes"})
@@ -294,6 +301,7 @@ def build_topology(resources: Iterable[Resource]) -> Topology:
     sources: dict[str, SourceSpec] = {}
     isvcs: dict[str, InferenceServiceSpec] = {}
     ray_jobs: dict[str, RayJobSpec] = {}
+    deployments: dict[str, DeploymentSpec] = {}
     runtimes: set[str] = set()
     targets: dict[type, dict[str, Any]] = {
         BrokerSpec: brokers,
@@ -302,6 +310,7 @@ def build_topology(resources: Iterable[Resource]) -> Topology:
         SourceSpec: sources,
         InferenceServiceSpec: isvcs,
         RayJobSpec: ray_jobs,
+        DeploymentSpec: deployments,
     }
     where: dict[tuple[type, str], str] = {}
     for resource in resources:
@@ -340,6 +349,7 @@ def build_topology(resources: Iterable[Resource]) -> Topology:
         sources=sources,
         inference_services=isvcs,
         ray_jobs=ray_jobs,
+        deployments=deployments,
     )
 
 
@@ -887,6 +897,42 @@ def _ray_job(resource: Resource) -> RayJobSpec:
     )
 
 
+def _deployment(resource: Resource) -> DeploymentSpec:
+    """A Deployment, run locally as one always-on process: the control API's command.
+
+    Only the control API has a local address (``settings.control_port``; the
+    manifest's port and FALAJ_* values are the cluster's), so any other
+    Deployment is refused rather than left unstarted. Its readiness probe's
+    path is what ``falaj up`` waits for.
+    """
+    if resource.name != CONTROL_DEPLOYMENT:
+        raise resource.error(
+            f"the local runtime runs one Deployment, the control API named "
+            f"{CONTROL_DEPLOYMENT!r}; run a function as a Knative Service instead"
+        )
+    replicas = resource.field("spec.replicas", int, 1)
+    if replicas != 1:
+        raise resource.error(
+            f"expected spec.replicas 1 (one process: the control API keeps its sessions in "
+            f"its memory), got {replicas}"
+        )
+    container = _serving_container(resource, "spec.template.spec.containers")
+    probe = container.get("readinessProbe")
+    http_get = probe.get("httpGet") if isinstance(probe, Mapping) else None
+    ready_path = http_get.get("path") if isinstance(http_get, Mapping) else None
+    if ready_path is not None and not (isinstance(ready_path, str) and ready_path[:1] == "/"):
+        raise resource.error(
+            f"expected readinessProbe.httpGet.path to be a path such as /healthz, "
+            f"got {ready_path!r}"
+        )
+    return DeploymentSpec(
+        name=resource.name,
+        command=_command(resource, container),
+        env=_literal_env(resource, container),
+        ready_path=ready_path,
+    )
+
+
 def _asks_for_gpu(template: Mapping[str, Any]) -> bool:
     for container in template.get("spec", {}).get("containers", []):
         limits = container.get("resources", {}).get("limits", {})
@@ -905,5 +951,6 @@ _PARSERS: Mapping[tuple[str, str], Callable[[Resource], Any]] = MappingProxyType
         ("sources.knative.dev/v1", "PingSource"): _ping_source,
         ("serving.kserve.io/v1beta1", "InferenceService"): _inference_service,
         ("ray.io/v1", "RayJob"): _ray_job,
+        ("apps/v1", "Deployment"): _deployment,
     }
 )

@@ -1,7 +1,8 @@
 """What the manifests declare, as the local runtime needs it ("one spec, two runtimes").
 
 ``falaj.manifests.load_topology`` reads ``manifests/base`` (Knative Services,
-Broker, Triggers, sources, InferenceServices, RayJob) into these frozen types;
+Broker, Triggers, sources, InferenceServices, RayJob, the control API's
+Deployment) into these frozen types;
 the local broker, the router and ``falaj up`` run from them, so the wiring is
 declared once, in the same YAML a cluster applies.
 """
@@ -114,6 +115,22 @@ class RayJobSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeploymentSpec:
+    """A Deployment: one process that is always on, never woken by an event.
+
+    The one the local runtime knows is the control API (``control.yaml``):
+    ``falaj up`` runs its command on ``settings.control_port``.
+    """
+
+    name: str
+    #: The container's command + args, run as-is locally with the project's Python.
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: The readiness probe's ``httpGet.path``; None: ready once the port accepts.
+    ready_path: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Topology:
     brokers: Mapping[str, BrokerSpec]
     triggers: tuple[TriggerSpec, ...]
@@ -121,3 +138,4 @@ class Topology:
     sources: Mapping[str, SourceSpec]
     inference_services: Mapping[str, InferenceServiceSpec]
     ray_jobs: Mapping[str, RayJobSpec]
+    deployments: Mapping[str, DeploymentSpec] = field(default_factory=dict)

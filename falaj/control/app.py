@@ -53,6 +53,7 @@ from falaj.auth import PERMISSIONS, Action, Principal, Role
 from falaj.context import Context
 from falaj.control import plots, views
 from falaj.control.sessions import CSRF_HEADER, SESSION_COOKIE, Session, Sessions, csrf_matches
+from falaj.control.views import SERVICE_ACCOUNT
 from falaj.errors import AuthError, FalajError, PermissionDenied
 from falaj.logs import configure_logging, get_logger
 from falaj.publisher import EventPublisher
@@ -347,7 +348,7 @@ class ControlAPI:
         from falaj.deployments import open_traffic_store
         from falaj.registry import ModelRegistry
 
-        store = open_traffic_store(self.ctx)
+        store = open_traffic_store(self.ctx, service_account=SERVICE_ACCOUNT)
         try:
             return Rollouts(self.ctx, store, ModelRegistry(self.ctx)).apply(
                 step, actor=principal.subject, role=str(principal.role)

@@ -29,6 +29,8 @@ from falaj.registry import ModelRegistry
 from falaj.training_runs import DB_FILE as TRAINING_DB
 from falaj.training_runs import TrainingJobs
 
+#: The control API's ServiceAccount on a cluster (manifests/base/control.yaml).
+SERVICE_ACCOUNT = "control"
 #: How long the dashboard waits for the broker or the router before showing what it has.
 UPSTREAM_TIMEOUT_S = 5.0
 #: Rows shown per table; the API takes ``limit`` up to this.
@@ -48,7 +50,7 @@ def _splits(ctx: Context, models: list[str]) -> dict[str, TrafficSplit]:
         and not (ctx.paths.serving / DEPLOYMENTS_DB).exists()
     ):
         return {}
-    store = open_traffic_store(ctx)
+    store = open_traffic_store(ctx, service_account=SERVICE_ACCOUNT)
     try:
         return {model: split for model in models if (split := store.get(model)) is not None}
     finally:

@@ -9,7 +9,7 @@
 |                             | ``FALAJ_RABBITMQ_URL`` set)                            |
 | PingSource                  | ``python -m eventing.ping_source`` (the schedule)      |
 | InferenceService            | ``python -m inference.router`` (split + revisions)    |
-| (the control API)           | ``python -m falaj.control`` (dashboard, ``/api``)     |
+| Deployment (control API)    | its container command: ``python -m falaj.control``    |
 | RayJob                      | a local Ray head; the launcher submits to its Jobs API |
 
 Processes are started in dependency order and stopped in reverse, by PID.
@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from falaj.auth import Role, write_token_file
 from falaj.context import Context
-from falaj.manifests import load_topology
+from falaj.manifests import CONTROL_DEPLOYMENT, load_topology
 from falaj.runtime.processes import ManagedProcess, ReadyCheck, broker_argv, free_port, port_open
 from falaj.runtime.ray_head import RayHeadConfig, issue_ray_token, ray_env, start_ray_head
 from falaj.settings import ENV_PREFIX, PROJECT_ROOT, Settings
@@ -85,7 +85,7 @@ class LocalPlatform:
             self._start_services(topology, endpoints, env, progress)
             self._start_sources(topology, env, progress)
             self._start_router(env, progress)
-            self._start_control(env, progress)
+            self._start_control(topology, env, progress)
             self._write_state(endpoints)
         except BaseException:
             self.down()
@@ -300,13 +300,22 @@ class LocalPlatform:
             ),
         )
 
-    def _start_control(self, env: Mapping[str, str], progress: Progress) -> None:
+    def _start_control(
+        self, topology: Topology, env: Mapping[str, str], progress: Progress
+    ) -> None:
+        """The control API's Deployment (control.yaml): its container command, on control_port."""
+        control = topology.deployments.get(CONTROL_DEPLOYMENT)
+        if control is None:
+            progress(f"no control API: the manifests declare no Deployment {CONTROL_DEPLOYMENT!r}")
+            return
         progress(f"control API and dashboard on {self.settings.control_url}")
         self._spawn(
             "control",
-            [sys.executable, "-m", "falaj.control"],
-            env,
-            ReadyCheck(self.settings.host, self.settings.control_port, "/healthz", tls=self._tls),
+            self._local_command(control.command),
+            {**env, **self._manifest_env(control.env)},
+            ReadyCheck(
+                self.settings.host, self.settings.control_port, control.ready_path, tls=self._tls
+            ),
         )
 
     @property

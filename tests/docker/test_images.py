@@ -73,6 +73,8 @@ IMAGES = (
             "eventing.storage_source",
             "eventing.ping_source",
             "eventing.rabbitmq_source",
+            # python -m falaj.control (manifests/base/control.yaml)
+            "falaj.control.__main__",
         ),
         data=frozenset({"feature_repo", "manifests/base"}),
     ),

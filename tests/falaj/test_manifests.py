@@ -6,10 +6,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from falaj.errors import ManifestError
 from falaj.events import EventType
 from falaj.manifests import (
+    CONTROL_DEPLOYMENT,
     Resource,
     build_topology,
     load_topology,
@@ -17,7 +19,7 @@ from falaj.manifests import (
     render_overlay,
 )
 from falaj.settings import PROJECT_ROOT
-from falaj.topology import BackoffPolicy, DeliverySpec, Topology
+from falaj.topology import BackoffPolicy, DeliverySpec, DeploymentSpec, Topology
 
 BASE = PROJECT_ROOT / "manifests" / "base"
 FUNCTION_DIRS = {
@@ -199,6 +201,31 @@ def test_ray_job_trains_the_fraud_model_on_cpu_workers(topology: Topology) -> No
     assert job.use_gpu is False
 
 
+def test_the_control_api_runs_the_command_its_deployment_declares(topology: Topology) -> None:
+    """One spec, two runtimes: `falaj up` runs the container's command, waits on its probe."""
+    docs = list(yaml.safe_load_all((BASE / "control.yaml").read_text()))
+    [deployment] = [doc for doc in docs if doc["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+
+    assert topology.deployments == {
+        CONTROL_DEPLOYMENT: DeploymentSpec(
+            name=CONTROL_DEPLOYMENT,
+            command=tuple(container["command"]),
+            # Only literal values; the FALAJ_* ones are the cluster's, replaced by Settings.
+            env={
+                "FALAJ_HOME": "/data/registry/state",
+                "FALAJ_HOST": "0.0.0.0",
+                "FALAJ_CONTROL_PORT": "8090",
+                "FALAJ_LOG_LEVEL": "info",
+            },
+            ready_path=container["readinessProbe"]["httpGet"]["path"],
+        )
+    }
+    assert topology.deployments[CONTROL_DEPLOYMENT].command == ("python", "-m", "falaj.control")
+    # The core Service in front of it is cluster wiring, and it is no function.
+    assert CONTROL_DEPLOYMENT not in topology.services
+
+
 def test_rendered_local_overlay_yields_the_same_topology(topology: Topology) -> None:
     overlay = PROJECT_ROOT / "manifests" / "overlays" / "local"
     rendered = build_topology(Resource(origin=str(overlay), doc=d) for d in render_overlay(overlay))
@@ -207,6 +234,7 @@ def test_rendered_local_overlay_yields_the_same_topology(topology: Topology) -> 
     assert rendered.sources == topology.sources
     assert rendered.inference_services == topology.inference_services
     assert rendered.ray_jobs == topology.ray_jobs
+    assert rendered.deployments == topology.deployments
     by_name = {t.name: t for t in topology.triggers}
     assert {t.name: t for t in rendered.triggers} == by_name
 
@@ -363,9 +391,65 @@ spec:
 
 
 def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
-    deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
-    folder = _write(tmp_path, {"deploy.yaml": deployment})
-    with pytest.raises(ManifestError, match=r"deploy.yaml: Deployment 'web': apps/v1 Deployment"):
+    stateful = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: web}\n"
+    folder = _write(tmp_path, {"set.yaml": stateful})
+    with pytest.raises(ManifestError, match=r"set.yaml: StatefulSet 'web': apps/v1 StatefulSet"):
+        load_topology(folder)
+
+
+CONTROL = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: control}
+spec:
+  replicas: 1
+  template:
+    spec:
+      containers:
+        - name: control
+          image: falaj-functions
+          command: [python, -m, falaj.control]
+          readinessProbe:
+            httpGet: {path: /healthz, port: http}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: control}
+spec:
+  ports: [{port: 8090}]
+"""
+
+
+def test_the_control_apis_deployment_is_read_and_its_service_read_past(tmp_path: Path) -> None:
+    topology = load_topology(_write(tmp_path, {"control.yaml": CONTROL}))
+
+    assert topology.deployments == {
+        "control": DeploymentSpec(
+            name="control", command=("python", "-m", "falaj.control"), ready_path="/healthz"
+        )
+    }
+    assert topology.services == {}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "name: control}",
+            "name: web}",
+            r"Deployment 'web': the local runtime runs one Deployment",
+        ),
+        ("replicas: 1", "replicas: 2", r"expected spec.replicas 1 .*got 2"),
+        ("path: /healthz", "path: healthz", r"httpGet.path to be a path .*got 'healthz'"),
+        ("          command: [python, -m, falaj.control]\n", "", "needs a command"),
+    ],
+)
+def test_a_deployment_the_local_runtime_cannot_run_as_declared_is_refused(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    assert old in CONTROL
+    folder = _write(tmp_path, {"control.yaml": CONTROL.replace(old, new, 1)})
+    with pytest.raises(ManifestError, match=message):
         load_topology(folder)
 
 

@@ -12,8 +12,10 @@ import yaml
 from falaj.events import EventType
 from falaj.manifest_schemas import SchemaStore
 from falaj.manifests import GPU_RESOURCE
+from falaj.settings import Settings
 from inference.server import parse_args
 from tests.manifests.conftest import BASE
+from tests.manifests.validation import CoreSchemas, doc_problems
 
 REGION_KEY = "topology.kubernetes.io/region"
 REGION_SELECTOR = {REGION_KEY: "me-central-1"}
@@ -32,18 +34,30 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["kind"] == kind]
 
 
+def _knative_services(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The functions: Knative Services, not the core Service in front of the control API."""
+    return [d for d in _by_kind(docs, "Service") if d["apiVersion"] == "serving.knative.dev/v1"]
+
+
 def test_every_base_document_validates_strictly(
-    schema_store: SchemaStore, base_docs: list[dict[str, Any]]
+    schema_store: SchemaStore, core_schemas: CoreSchemas, base_docs: list[dict[str, Any]]
 ) -> None:
-    problems = [line for doc in base_docs for line in schema_store.validate(doc, strict=True)]
+    # Custom resources against their CRDs, core kinds (the control API's Deployment and
+    # Service among them) against the Kubernetes API's own schemas.
+    problems = [line for doc in base_docs for line in doc_problems(doc, schema_store, core_schemas)]
     assert problems == []
     assert len(base_docs) >= 20
 
 
 def test_every_rendered_local_document_validates_strictly(
-    schema_store: SchemaStore, local_docs: list[dict[str, Any]], base_docs: list[dict[str, Any]]
+    schema_store: SchemaStore,
+    core_schemas: CoreSchemas,
+    local_docs: list[dict[str, Any]],
+    base_docs: list[dict[str, Any]],
 ) -> None:
-    problems = [line for doc in local_docs for line in schema_store.validate(doc, strict=True)]
+    problems = [
+        line for doc in local_docs for line in doc_problems(doc, schema_store, core_schemas)
+    ]
     assert problems == []
     assert sorted(map(_name, local_docs)) == sorted(map(_name, base_docs))
     # kustomize put everything namespaced into the falaj namespace.
@@ -128,7 +142,9 @@ def _pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, Mapping[str, A
     for doc in docs:
         spec = doc.get("spec", {})
         match doc["kind"]:
-            case "Service" | "ContainerSource":
+            case "Service" if doc["apiVersion"] == "v1":
+                continue  # the control API's address: it makes no pods
+            case "Service" | "ContainerSource" | "Deployment":
                 yield _name(doc), spec["template"]["spec"]
             case "InferenceService":
                 yield _name(doc), spec["predictor"]
@@ -160,6 +176,7 @@ def test_every_pod_runs_on_the_in_region_node_pool(local_docs: list[dict[str, An
         "InferenceService",
         "ServingRuntime",
         "RayJob",
+        "Deployment",
     }
     off_region = [name for name, pod in pods.items() if not _in_region(pod.get("nodeSelector"))]
     assert off_region == []
@@ -215,7 +232,7 @@ def test_functions_scale_to_zero_and_read_wiring_from_config(
     local_docs: list[dict[str, Any]],
 ) -> None:
     config = _by_kind(local_docs, "ConfigMap")[0]
-    services = _by_kind(local_docs, "Service")
+    services = _knative_services(local_docs)
     assert {_name(s) for s in services} == {
         "Service/ingest",
         "Service/training-launcher",
@@ -239,6 +256,76 @@ def test_functions_scale_to_zero_and_read_wiring_from_config(
         secrets = {v["name"] for v in template["spec"]["volumes"] if "secret" in v}
         token_dir = config["data"]["FALAJ_TOKEN_FILE"].rsplit("/", 1)[0]
         assert any(mounts.get(name) == token_dir for name in secrets)
+
+
+# -- the control API: one pod, always on --------------------------------------------------
+
+
+def _one(docs: list[dict[str, Any]], api_version: str, kind: str, name: str) -> dict[str, Any]:
+    [doc] = [
+        d
+        for d in docs
+        if (d["apiVersion"], d["kind"], d["metadata"]["name"]) == (api_version, kind, name)
+    ]
+    return doc
+
+
+def test_the_control_api_runs_one_pod_on_the_state_volume_with_the_service_token(
+    local_docs: list[dict[str, Any]],
+) -> None:
+    deployment = _one(local_docs, "apps/v1", "Deployment", "control")
+    service = _one(local_docs, "v1", "Service", "control")
+    config = _by_kind(local_docs, "ConfigMap")[0]
+    spec, pod = deployment["spec"], deployment["spec"]["template"]
+    # One process, also during a rollout: its sessions are in its memory.
+    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    labels = pod["metadata"]["labels"]
+    for selector in (spec["selector"]["matchLabels"], service["spec"]["selector"]):
+        assert selector.items() <= labels.items()
+    (container,) = pod["spec"]["containers"]
+    [port] = container["ports"]
+    assert port["containerPort"] == Settings().control_port
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8090, "targetPort": port["name"]}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["FALAJ_CONTROL_PORT"] == str(port["containerPort"])
+    for name in ("FALAJ_REGION", "FALAJ_BROKER_URL", "FALAJ_TOKEN_FILE", "FALAJ_SERVING_BACKEND"):
+        assert env[name] == {"configMapKeyRef": {"name": config["metadata"]["name"], "key": name}}
+    # The Falaj home is the one the InferenceService loads from (pvc://falaj-registry/state).
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    home_mount = mounts["/data/registry"]
+    assert env["FALAJ_HOME"] == "/data/registry/state" and not home_mount.get("readOnly")
+    assert volumes[home_mount["name"]]["persistentVolumeClaim"] == {"claimName": "falaj-registry"}
+    token_mount = mounts[config["data"]["FALAJ_TOKEN_FILE"].rsplit("/", 1)[0]]
+    assert token_mount["readOnly"] is True
+    assert volumes[token_mount["name"]]["secret"] == {"secretName": "falaj-token"}
+    assert pod["spec"]["serviceAccountName"] == "control"
+
+
+def test_the_control_api_may_only_read_and_replace_inference_services(
+    local_docs: list[dict[str, Any]],
+) -> None:
+    rbac = "rbac.authorization.k8s.io/v1"
+    role = _one(local_docs, rbac, "Role", "control")
+    binding = _one(local_docs, rbac, "RoleBinding", "control")
+    [rule] = role["rules"]
+    assert rule == {
+        "apiGroups": ["serving.kserve.io"],
+        "resources": ["inferenceservices"],
+        "verbs": ["get", "update"],
+    }
+    # Never more than the rollout function may do to the same resource.
+    [rollout] = _one(local_docs, rbac, "Role", "rollout")["rules"]
+    assert set(rule["verbs"]) < set(rollout["verbs"])
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "control",
+    }
+    assert [s["name"] for s in binding["subjects"]] == ["control"]
+    _one(local_docs, "v1", "ServiceAccount", "control")
 
 
 def test_base_kustomization_lists_every_manifest_file() -> None:

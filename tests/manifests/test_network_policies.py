@@ -22,6 +22,7 @@ import yaml
 from falaj.manifest_schemas import SchemaStore
 from falaj.manifests import load_topology, render_overlay
 from tests.manifests.conftest import BASE, LOCAL_OVERLAY, MANIFESTS
+from tests.manifests.validation import CoreSchemas, doc_problems, group_of
 from tests.support.network_policy import (
     NAMESPACE_NAME_LABEL,
     Endpoint,
@@ -36,23 +37,32 @@ NAMESPACE = "falaj"
 POLICY_FILE = BASE / "network-policies.yaml"
 MESH_COMPONENT = MANIFESTS / "components" / "mesh-mtls"
 
-#: Kinds of the base that make pods in the falaj namespace, and those that make none there
-#: (a PingSource's adapter and a KafkaSource's dispatcher run in knative-eventing).
-POD_KINDS = {"Service", "ContainerSource", "RabbitmqSource", "InferenceService", "RayJob"}
+#: Kinds (API group, kind) of the base that make pods in the falaj namespace, and those that
+#: make none there (a PingSource's adapter and a KafkaSource's dispatcher run in
+#: knative-eventing; the core Service only gives the control API an address).
+POD_KINDS = {
+    ("serving.knative.dev", "Service"),
+    ("sources.knative.dev", "ContainerSource"),
+    ("sources.knative.dev", "RabbitmqSource"),
+    ("serving.kserve.io", "InferenceService"),
+    ("ray.io", "RayJob"),
+    ("apps", "Deployment"),
+}
 PODLESS_KINDS = {
-    "Namespace",
-    "ConfigMap",
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "PersistentVolumeClaim",
-    "NetworkPolicy",
-    "Broker",
-    "Trigger",
-    "PingSource",
-    "ServingRuntime",
-    "PrometheusRule",
-    "PodMonitor",
+    ("", "Namespace"),
+    ("", "ConfigMap"),
+    ("", "ServiceAccount"),
+    ("", "Service"),
+    ("rbac.authorization.k8s.io", "Role"),
+    ("rbac.authorization.k8s.io", "RoleBinding"),
+    ("", "PersistentVolumeClaim"),
+    ("networking.k8s.io", "NetworkPolicy"),
+    ("eventing.knative.dev", "Broker"),
+    ("eventing.knative.dev", "Trigger"),
+    ("sources.knative.dev", "PingSource"),
+    ("serving.kserve.io", "ServingRuntime"),
+    ("monitoring.coreos.com", "PrometheusRule"),
+    ("monitoring.coreos.com", "PodMonitor"),
 }
 
 #: Feast's stores and RabbitMQ: their addresses are secrets, so any in-cluster namespace.
@@ -116,6 +126,7 @@ HEAD = "ray/fraud-training/head"
 WORKER = "ray/fraud-training/cpu-workers"
 FUNCTIONS = ["function/ingest", "function/training-launcher", "function/rollout", "function/drift"]
 PREDICTORS = ["predictor/fraud", "predictor/fraud-gpu"]
+CONTROL = "deployment/control"
 
 
 # -- the pods, as the controllers make them ----------------------------------------------------
@@ -133,6 +144,8 @@ def workload_pods(docs: list[dict[str, Any]]) -> dict[str, Endpoint]:
         namespace = doc["metadata"]["namespace"] if kind != "Namespace" else name
         spec = doc.get("spec", {})
         match kind:
+            case "Service" if group_of(doc) == "":
+                continue  # a core Service: an address, no pods
             case "Service":  # Knative Serving: the template's labels, then its own
                 revision = f"{name}-00001"
                 labels = {
@@ -150,6 +163,9 @@ def workload_pods(docs: list[dict[str, Any]]) -> dict[str, Endpoint]:
                     "sources.knative.dev/containerSource": name,
                 }
                 pods[f"source/{name}"] = pod(f"source/{name}", namespace, labels)
+            case "Deployment":  # its ReplicaSet's pods: the template's labels and a hash
+                labels = {**_template_labels(spec["template"]), "pod-template-hash": "5d4f8b7c9"}
+                pods[f"deployment/{name}"] = pod(f"deployment/{name}", namespace, labels)
             case "RabbitmqSource":  # eventing-rabbitmq's receive adapter
                 labels = {
                     "eventing.knative.dev/source": "rabbitmq-source-controller",
@@ -236,7 +252,7 @@ def _policy_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_every_kind_in_the_base_is_known_to_make_pods_or_not(docs: list[dict[str, Any]]) -> None:
-    kinds = {doc["kind"] for doc in docs}
+    kinds = {(group_of(doc), doc["kind"]) for doc in docs}
     assert kinds - POD_KINDS - PODLESS_KINDS == set(), "a new kind: does it make pods here?"
     assert kinds >= POD_KINDS
 
@@ -250,6 +266,7 @@ def test_the_pods_are_the_ones_the_manifests_make(pods: dict[str, Endpoint]) -> 
             *PREDICTORS,
             HEAD,
             WORKER,
+            CONTROL,
         ]
     )
     assert {endpoint.namespace for endpoint in pods.values()} == {NAMESPACE}
@@ -413,6 +430,13 @@ ALLOWED = [
     ("prometheus", "predictor/fraud", 15020, "the sidecar's merged metrics"),
     ("prometheus", HEAD, 8080, "Ray's metrics export port"),
     ("prometheus", WORKER, 8080, "Ray's metrics export port"),
+    # The control API and dashboard.
+    ("knative-local-gateway", CONTROL, 8090, "people come in through the ingress gateway"),
+    (CONTROL, "broker-ingress", 8080, "model.deployed after a promote or rollback"),
+    (CONTROL, "knative-local-gateway", 8081, "an endpoint's cluster-local address"),
+    (CONTROL, "knative-local-gateway", 8080, "istio-ingressgateway's HTTP port"),
+    (CONTROL, "kube-apiserver", 443, "replaces an InferenceService's split"),
+    (CONTROL, "kube-apiserver", 6443, "kubeadm, kind and k3d serve on 6443"),
 ]
 
 
@@ -513,6 +537,21 @@ DENIED = [
     ("prometheus", "function/ingest", 8012, "Prometheus sends no events"),
     ("prometheus", HEAD, 8265, "the dashboard is not a metrics port"),
     ("grafana", "function/ingest", 9091, "only Prometheus scrapes"),
+    # The control API: people through the gateway; it reads state, not Ray or Feast.
+    *[(name, CONTROL, 8090, "functions talk through the Broker") for name in FUNCTIONS],
+    ("predictor/fraud", CONTROL, 8090, "a predictor has nothing to ask the dashboard"),
+    (HEAD, CONTROL, 8090, "a training run reports through the Broker"),
+    ("stranger", CONTROL, 8090, "another namespace only through the gateway"),
+    ("activator", CONTROL, 8090, "no Knative Service: the activator never fronts it"),
+    ("prometheus", CONTROL, 8090, "it has no /metrics"),
+    (CONTROL, HEAD, 8265, "the dashboard submits no Ray jobs"),
+    (CONTROL, HEAD, 6379, "nor joins Ray's GCS"),
+    (CONTROL, "postgres", 5432, "it reads state from the registry volume, not Feast"),
+    (CONTROL, "redis", 6379, "nor the online store"),
+    (CONTROL, "function/rollout", 8012, "a rollout step is applied, not sent to rollout"),
+    (CONTROL, "predictor/fraud", 8012, "endpoints only through the gateway"),
+    (CONTROL, "broker-filter", 8080, "the Broker's filter is no publisher's target"),
+    (CONTROL, "istiod", 8080, "istiod only on its xDS port"),
 ]
 
 
@@ -529,11 +568,13 @@ def test_a_flow_nobody_needs_is_denied(
     assert not policies.allows(endpoints[source], endpoints[target], port), (why, allowed_by)
 
 
-def test_nothing_leaves_the_cluster_but_api_calls_of_the_two_functions_with_rights(
+def test_nothing_leaves_the_cluster_but_api_calls_of_the_pods_with_rights(
     policies: PolicySet, pods: dict[str, Endpoint]
 ) -> None:
-    """The API server has no labels, so it is an ipBlock: the one rule to an outside address."""
-    api_clients = {"function/training-launcher", "function/rollout"}
+    """The API server has no labels, so it is an ipBlock: the one rule to an outside address.
+
+    The pods with RBAC rights: the launcher, rollout and the control API."""
+    api_clients = {"function/training-launcher", "function/rollout", CONTROL}
     for name, endpoint in pods.items():
         for port in (22, 53, 80, 443, 5432, 6379, 6443, 8080, 8443):
             expected = name in api_clients and port in API_SERVER_PORTS
@@ -655,6 +696,7 @@ def test_the_namespace_is_in_the_mesh(base_rendered: list[dict[str, Any]]) -> No
 
 def test_the_mesh_component_renders_strict_mtls_for_the_namespace(
     schema_store: SchemaStore,
+    core_schemas: CoreSchemas,
     tmp_path: Path,
     base_rendered: list[dict[str, Any]],
     pods: dict[str, Endpoint],
@@ -665,7 +707,7 @@ def test_the_mesh_component_renders_strict_mtls_for_the_namespace(
     rest = [doc for doc in docs if doc["kind"] != "PeerAuthentication"]
     # The component adds PeerAuthentications and changes nothing else.
     assert rest == base_rendered
-    assert [line for doc in rest for line in schema_store.validate(doc, strict=True)] == []
+    assert [line for doc in rest for line in doc_problems(doc, schema_store, core_schemas)] == []
     for doc in added:
         assert doc["apiVersion"] == "security.istio.io/v1"
         assert doc["metadata"]["namespace"] == NAMESPACE

@@ -147,6 +147,9 @@ def test_the_local_runtime_reads_the_same_topology_from_each_overlay(
         n: s.command for n, s in base.services.items()
     }
     assert set(overlay.inference_services) >= set(base.inference_services)
+    assert {n: d.command for n, d in overlay.deployments.items()} == {
+        n: d.command for n, d in base.deployments.items()
+    }
 
 
 def _system_kubectl() -> str | None:
@@ -205,9 +208,9 @@ def test_smb_has_no_gpu_anywhere(rendered: dict[str, Docs]) -> None:
     assert group["template"]["spec"]["tolerations"] == _plain(SPOT_TOLERATIONS)
 
 
-def test_smb_scales_everything_to_zero(rendered: dict[str, Docs]) -> None:
+def test_smb_scales_everything_to_zero_but_the_control_api(rendered: dict[str, Docs]) -> None:
     smb = rendered["smb"]
-    functions = _named(smb, "Service")
+    functions = [d for d in _named(smb, "Service") if d["apiVersion"] == "serving.knative.dev/v1"]
     endpoints = _named(smb, "InferenceService")
 
     assert len(functions) == 4 and endpoints
@@ -215,6 +218,10 @@ def test_smb_scales_everything_to_zero(rendered: dict[str, Docs]) -> None:
         assert function["spec"]["template"]["metadata"]["annotations"][MIN_SCALE] == "0"
     for endpoint in endpoints:
         assert endpoint["spec"]["predictor"]["minReplicas"] == 0
+    # The one always-on pod: the dashboard's sessions live in it.
+    assert [(d["metadata"]["name"], d["spec"]["replicas"]) for d in _named(smb, "Deployment")] == [
+        ("control", 1)
+    ]
 
 
 def test_smb_asks_for_small_requests_never_more_than_the_base(
@@ -230,7 +237,8 @@ def test_smb_asks_for_small_requests_never_more_than_the_base(
                 base[where]["resources"]["requests"][resource]
             ), where
         checked += 1
-    assert checked == 9  # 4 functions, the source, the runtime, the model, head, worker
+    # 4 functions, the source, the runtime, the model, head, worker, the control API
+    assert checked == 10
 
 
 # -- enterprise: GPU pools, spot workers, stable replicas -------------------------------

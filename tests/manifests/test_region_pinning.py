@@ -24,8 +24,9 @@ DATA_REGION_LABEL = "falaj.dev/data-region"
 REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
 WORKERS = "spec.rayClusterSpec.workerGroupSpecs[0].template.spec"
 #: The pod specs of the base: four functions, the storage source's adapter, the
-#: runtime, the endpoint's predictor, and the RayJob's head and worker group.
-BASE_PODS = 9
+#: runtime, the endpoint's predictor, the RayJob's head and worker group, and the
+#: control API's Deployment.
+BASE_PODS = 10
 #: The enterprise overlay adds the GPU runtime and the GPU endpoint.
 PODS = {"base": BASE_PODS, "local": BASE_PODS, "smb": BASE_PODS, "enterprise": BASE_PODS + 2}
 

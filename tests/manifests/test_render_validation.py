@@ -37,6 +37,8 @@ CORE_KINDS = {
     "RoleBinding",
     "PersistentVolumeClaim",
     "NetworkPolicy",
+    "Deployment",
+    "Service",
 }
 
 

@@ -65,7 +65,7 @@ def test_dockerfiles_exist_and_drop_root(skaffold: dict[str, Any]) -> None:
 
 
 def test_skaffold_renders_the_local_overlay_and_forwards_the_default_ports(
-    skaffold: dict[str, Any],
+    skaffold: dict[str, Any], local_docs: list[dict[str, Any]]
 ) -> None:
     paths = skaffold["manifests"]["kustomize"]["paths"]
     assert paths == ["manifests/overlays/local"]
@@ -74,4 +74,15 @@ def test_skaffold_renders_the_local_overlay_and_forwards_the_default_ports(
     assert {forward["localPort"] for forward in skaffold["portForward"]} == {
         defaults.broker_port,
         defaults.router_port,
+        defaults.control_port,
     }
+    # The control API's forward names its Service in the render, on a port it has.
+    [forward] = [f for f in skaffold["portForward"] if f["localPort"] == defaults.control_port]
+    [service] = [
+        doc
+        for doc in local_docs
+        if (doc["apiVersion"], doc["kind"], doc["metadata"]["name"])
+        == ("v1", "Service", forward["resourceName"])
+    ]
+    assert service["metadata"]["namespace"] == forward["namespace"]
+    assert forward["port"] in {port["port"] for port in service["spec"]["ports"]}

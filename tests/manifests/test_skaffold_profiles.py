@@ -100,6 +100,7 @@ def test_each_profiles_config_validates_and_forwards_the_default_ports(
     assert forwards == {
         ("broker-ingress", defaults.broker_port),
         ("istio-ingressgateway", defaults.router_port),
+        ("control", defaults.control_port),
     }
 
 

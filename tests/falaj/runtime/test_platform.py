@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit, now_iso
 from falaj.manifests import load_topology
 from falaj.runtime.platform import LocalPlatform
-from falaj.runtime.processes import ManagedProcess, free_port, port_open
+from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port, port_open
 from falaj.settings import PROJECT_ROOT, Settings
 from tests.support.models import WEIGHTS_V1, register
 from tests.support.ray_jobs import RayHead
@@ -52,6 +53,37 @@ def test_the_rabbitmq_source_runs_only_with_its_server_and_alone_gets_its_url(
     assert "s3cr3t" not in json.dumps(platform._component_env())
     assert platform._required_env(running[1]) == {"FALAJ_RABBITMQ_URL": url}
     assert platform._required_env(running[2]) == {}
+
+
+def test_the_control_api_runs_its_deployments_command_on_the_local_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest's container command, waited on at its probe's path; the port is local."""
+    topology = load_topology(Settings().manifests_dir)
+    platform = LocalPlatform(Settings(home=tmp_path, control_port=free_port()))
+    spawned: list[tuple[str, list[str], dict[str, str], ReadyCheck]] = []
+    monkeypatch.setattr(
+        platform,
+        "_spawn",
+        lambda name, argv, env, ready: spawned.append((name, list(argv), dict(env), ready)),
+    )
+
+    platform._start_control(topology, {"FALAJ_HOME": str(tmp_path)}, lambda _: None)
+
+    [(name, argv, env, ready)] = spawned
+    assert (name, argv) == ("control", [sys.executable, "-m", "falaj.control"])
+    # The cluster's FALAJ_HOST, FALAJ_CONTROL_PORT and FALAJ_HOME are not the platform's.
+    assert env == {"FALAJ_HOME": str(tmp_path)}
+    assert (ready.host, ready.port, ready.path) == (
+        "127.0.0.1",
+        platform.settings.control_port,
+        "/healthz",
+    )
+
+    # Manifests without the control API's Deployment start none.
+    spawned.clear()
+    platform._start_control(replace(topology, deployments={}), {}, lambda _: None)
+    assert spawned == []
 
 
 def _served_version(home: Path) -> int:
