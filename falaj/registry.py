@@ -127,6 +127,16 @@ class VerifiedArtifact:
     variant: str = FP32
 
 
+def registered_models(root: Path) -> list[str]:
+    """The models with a version in the registry folder ``root``; it reads folder names only.
+
+    Shell completion calls it: unlike ``ModelRegistry``, it creates no key.
+    """
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _version_numbers(p))
+
+
 class ModelRegistry:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -234,9 +244,7 @@ class ModelRegistry:
     # -- reading -----------------------------------------------------------
 
     def models(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _version_numbers(p))
+        return registered_models(self.root)
 
     def versions(self, model: str) -> list[ModelVersion]:
         return [self._read(model, v) for v in _version_numbers(self._model_dir(model))]

@@ -15,17 +15,26 @@ scored here and the same rows seen live get the same verdict.
 from __future__ import annotations
 
 import getpass
-import json
 import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from falaj.cli.options import HomeOption, JsonOption, console, err_console, fail, settings_for
+from falaj.cli.options import (
+    HomeOption,
+    JsonOption,
+    ModelArgument,
+    console,
+    counted_bars,
+    emit_json,
+    err_console,
+    fail,
+    settings_for,
+)
 from falaj.drift_batch import FORMATS, BatchReport, score_file
 from falaj.drift_report import write_html
 from falaj.drift_statistics import STATISTICS, statistic
@@ -106,7 +115,7 @@ def score(
         # Each statistic once, in the order asked for; an unknown name is refused.
         chosen = tuple(dict.fromkeys(statistic(name).name for name in statistics or STATISTICS))
         profile = _verified_profile(settings, model, version)
-        with _progress(enabled=not as_json) as bar:
+        with _progress(as_json=as_json) as bar:
             task = bar.add_task(f"reading {escape(data.name)}", total=None)
 
             def advance(column: str, done: int, total: int) -> None:
@@ -123,10 +132,13 @@ def score(
             )
         write_html(scored, target, title=f"Drift of {model} version {version}: {data.name}")
     except FalajError as exc:
-        raise fail(escape(str(exc))) from None
+        raise fail(
+            str(exc),
+            hint="'falaj models list' shows the versions; pass --home to the registry's folder",
+        ) from None
     if as_json:
         shown = {"model": model, "version": version, "report": str(target), **scored.to_json()}
-        console.print_json(json.dumps(shown))
+        emit_json(shown)
     else:
         _print_summary(scored, target, min_samples=settings.drift_min_samples)
     if fail_on_drift and scored.drifted_features:
@@ -138,8 +150,8 @@ def parse_reference(reference: str) -> tuple[str, int]:
     match = _REFERENCE.fullmatch(reference.strip())
     if match is None:
         raise fail(
-            f"--reference {reference!r}: expected MODEL:VERSION with a version number from 1, "
-            "e.g. fraud:3"
+            f"--reference {reference!r}: expected MODEL:VERSION with a version number from 1",
+            hint="e.g. --reference fraud:3; 'falaj models list' shows the versions",
         )
     return match["model"], int(match["version"])
 
@@ -153,16 +165,11 @@ def _verified_profile(settings: Settings, model: str, version: int) -> Reference
     return ModelRegistry(ctx).load_verified(model, version).profile
 
 
-def _progress(*, enabled: bool) -> Progress:
+def _progress(*, as_json: bool) -> Progress:
     # On stderr, so stdout stays the table (or the JSON) alone.
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
+    return counted_bars(
+        as_json=as_json,
         transient=True,
-        disable=not enabled,
     )
 
 
@@ -222,7 +229,7 @@ def _print_summary(report: BatchReport, target: Path, *, min_samples: int) -> No
 
 @drift_app.command("status")
 def status(
-    model: Annotated[str, typer.Argument(help="the model's name, e.g. fraud")],
+    model: ModelArgument,
     version: Annotated[
         int | None, typer.Option(help="one version only; left out, every version")
     ] = None,
@@ -242,19 +249,21 @@ def status(
     finally:
         history.close()
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "model": model,
-                    "thresholds": settings.drift_thresholds,
-                    "windows": [w.to_json() for w in windows],
-                    "last_alert": alerts,
-                }
-            )
+        emit_json(
+            {
+                "model": model,
+                "thresholds": settings.drift_thresholds,
+                "windows": [w.to_json() for w in windows],
+                "last_alert": alerts,
+            }
         )
         return
     if not windows:
-        raise fail(f"no drift window of {model!r} scored yet in {settings.resolved_home}")
+        raise fail(
+            f"no drift window of {model!r} scored yet in {settings.resolved_home}",
+            hint="the drift function scores windows of logged predictions while 'falaj up' "
+            "runs; 'falaj drift score' scores a file now",
+        )
     table = Table(title=f"{escape(model)}: last {len(windows)} windows", title_justify="left")
     for column in ("closed", "version", "rows", *STATISTICS, "drifted", "alert"):
         table.add_column(column)

@@ -11,24 +11,43 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.progress import (
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from falaj.audit import AuditLog
 from falaj.auth import Role
+from falaj.catalog import aliases_of, serving_role, version_history
 from falaj.cli.drift import drift_app
+from falaj.cli.ingest import ingest
 from falaj.cli.options import (
+    PLATFORM_ERRORS,
+    FalajGroup,
     HomeOption,
     JsonOption,
     ModelArgument,
+    bars,
+    complete_model,
     console,
+    counted_bars,
+    emit_json,
     err_console,
     fail,
+    platform_state,
     settings_for,
+    unreachable,
     user_token,
 )
 from falaj.cli.rollout import rollout_app
+from falaj.cli.status import status
+from falaj.cli.train import train_app
 from falaj.context import Paths
 from falaj.errors import AuditTampered, FalajError
 from falaj.events import export_schemas
@@ -38,10 +57,12 @@ if TYPE_CHECKING:
     from falaj.client import PlatformClient
     from falaj.deployments import TrafficSplit
     from falaj.registry import ModelRegistry, ModelVersion
+    from falaj.runtime.platform import LocalPlatform
 
 app = typer.Typer(
     name="falaj",
     help="Falaj: a serverless ML platform that keeps data in-region.",
+    cls=FalajGroup,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -58,9 +79,6 @@ models_app = typer.Typer(
 )
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
-train_app = typer.Typer(
-    help="Training runs: what runs, how far it came, and what waits.", no_args_is_help=True
-)
 app.add_typer(train_app, name="train")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(drift_app, name="drift")
@@ -69,58 +87,160 @@ policy_app = typer.Typer(
 )
 app.add_typer(policy_app, name="policy")
 
+#: Seconds ``falaj down`` waits for ``falaj up`` to stop its processes.
+DOWN_TIMEOUT_S = 60.0
+
+
+def _spinner(as_json: bool) -> Progress:
+    return bars(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        as_json=as_json,
+        transient=True,
+    )
+
 
 @app.command()
-def up(home: HomeOption = None) -> None:
-    """Start the platform from manifests/ and keep it running until Ctrl-C or 'falaj down'."""
+def up(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Start the platform from manifests/ and keep it running until Ctrl-C or 'falaj down'.
+
+    With --json, one JSON object once it is ready (its URLs, token files, folders).
+    """
     from falaj.runtime.platform import LocalPlatform
 
     settings = settings_for(home)
     # FALAJ_RAY_ADDRESS points at a Ray head that is already running.
     platform = LocalPlatform(settings, external_ray_address=settings.ray_address)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with console.status("starting") as status:
-            platform.up(progress=lambda what: status.update(f"starting {what}"))
+        _run(platform, stop, as_json=as_json)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(platform: LocalPlatform, stop: threading.Event, *, as_json: bool) -> None:
+    paths = platform.paths
+    try:
+        with _spinner(as_json) as progress:
+            task = progress.add_task("starting", total=None)
+            platform.up(progress=lambda what: progress.update(task, description=f"starting {what}"))
     except FalajError as exc:
-        raise fail(str(exc)) from None
-    console.print(
-        f"Falaj is up: broker {settings.broker_ingress}, router "
-        f"{settings.router_url}, Ray {settings.ray_jobs_address}\n"
-        f"tokens per role in {platform.paths.keys}; drop files into {platform.paths.landing}"
-    )
-    try:
+        raise fail(
+            str(exc),
+            hint=f"the components' logs are in {paths.logs}; 'falaj status' shows a platform "
+            "that already runs here",
+        ) from None
+    dead: list[str] = []
+    try:  # from here on, whatever happens, the processes are stopped
+        _announce_ready(paths, as_json=as_json)
         while not stop.wait(1.0):
             dead = [name for name, ok in platform.alive().items() if not ok]
             if dead:
-                err_console.print(f"[red]stopped unexpectedly:[/red] {', '.join(dead)}")
                 break
     except KeyboardInterrupt:
         pass
     finally:
-        with console.status("stopping"):
+        with _spinner(as_json) as progress:
+            progress.add_task("stopping", total=None)
             platform.down()
-    console.print("Falaj is down.")
+    if dead:
+        raise fail(
+            f"stopped unexpectedly: {', '.join(dead)}; the platform was stopped",
+            hint=f"read {', '.join(str(paths.logs / f'{name}.log') for name in dead)}, "
+            "then start it again with 'falaj up'",
+        )
+    (err_console if as_json else console).print("Falaj is down.")
+
+
+def _announce_ready(paths: Paths, *, as_json: bool) -> None:
+    ready = ready_record(paths, platform_state(paths.home))
+    if as_json:
+        emit_json(ready, one_line=True)
+        return
+    control = ready.get("control")
+    console.print(
+        f"Falaj is up: broker {ready['broker']}, router {ready['router']}, Ray {ready['ray']}"
+        + (f"\ndashboard: {control}" if isinstance(control, str) else "")
+        + f"\ntokens per role in {paths.keys}; drop files into {paths.landing} "
+        "(or 'falaj ingest FILE')"
+    )
+
+
+def ready_record(paths: Paths, state: dict[str, Any]) -> dict[str, Any]:
+    """What ``falaj up --json`` prints once ready: URLs, PIDs, folders and token *files*.
+
+    A token's value never leaves its file (mode 0600): a script reads the file.
+    """
+    tokens = {
+        str(role): str(paths.keys / f"{role}.token")
+        for role in Role
+        if role is not Role.SERVICE and (paths.keys / f"{role}.token").exists()
+    }
+    return {
+        "status": "up",
+        **state,
+        "tokens": tokens,
+        "landing": str(paths.landing),
+        "logs": str(paths.logs),
+        "audit": str(paths.audit),
+    }
 
 
 @app.command()
-def down(home: HomeOption = None) -> None:
+def down(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Stop a platform started by 'falaj up' in this folder."""
-    paths = Paths(settings_for(home).resolved_home)
-    state_file = paths.run / "platform.json"
-    if not state_file.exists():
-        raise fail(f"no running platform recorded in {state_file}")
-    pid = int(json.loads(state_file.read_text())["pid"])
+    home_dir = settings_for(home).resolved_home
+    state_file = Paths(home_dir).run / "platform.json"
+    pid = int(platform_state(home_dir)["pid"])
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        state_file.unlink()
-        raise fail(f"process {pid} is gone; removed the stale {state_file}") from None
-    deadline = time.monotonic() + 60
-    while state_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)  # waiting for 'falaj up' to stop its processes
-    console.print("Falaj is down." if not state_file.exists() else "still stopping; check again")
+        state_file.unlink(missing_ok=True)
+        raise fail(
+            f"process {pid} of 'falaj up' is gone; removed the stale {state_file}",
+            hint="nothing is left to stop; 'falaj up' starts the platform again",
+        ) from None
+    deadline = time.monotonic() + DOWN_TIMEOUT_S
+    with _spinner(as_json) as progress:
+        progress.add_task(f"stopping falaj up (pid {pid})", total=None)
+        while state_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # waiting for 'falaj up' to stop its processes
+    if state_file.exists():
+        raise fail(
+            f"'falaj up' (pid {pid}) is still stopping after {DOWN_TIMEOUT_S:.0f} s",
+            hint="'falaj status' shows what still runs; run 'falaj down' again to wait longer",
+        )
+    if as_json:
+        emit_json({"stopped": True, "pid": pid})
+    else:
+        console.print("Falaj is down.")
+
+
+class DemoSteps:
+    """The demo's steps as one bar: the platform's start is one step, then each story step.
+
+    Every step is also a line on stderr with its time, as a log; the bar
+    (when shown) stays under the lines.
+    """
+
+    def __init__(self, progress: Progress, *, story_steps: int, start_prefix: str) -> None:
+        self.progress = progress
+        self.start_prefix = start_prefix
+        self.started = time.monotonic()
+        self.total = 1 + story_steps
+        self.task = progress.add_task("starting the platform", total=self.total)
+
+    def __call__(self, what: str) -> None:
+        elapsed = time.monotonic() - self.started
+        self.progress.console.print(f"[dim]{elapsed:6.1f}s[/dim] {escape(what)}", highlight=False)
+        if not what.startswith(self.start_prefix):
+            self.progress.advance(self.task)  # the step before this one is done
+        self.progress.update(self.task, description=escape(what))
+
+    def finish(self) -> None:
+        self.progress.update(self.task, completed=self.total, description="done")
 
 
 @app.command()
@@ -131,30 +251,42 @@ def demo(
 ) -> None:
     """Run the whole loop on real components and print what happened."""
     from falaj.cli.render import render_report
-    from falaj.runtime.demo import DemoConfig, DemoStory, demo_home, demo_settings
+    from falaj.runtime.demo import (
+        START_PREFIX,
+        STEPS,
+        DemoConfig,
+        DemoStory,
+        demo_home,
+        demo_settings,
+    )
 
     settings = demo_settings(settings_for(home or demo_home(Path.cwd())))
     # FALAJ_RAY_ADDRESS points the demo at a Ray head that is already running.
     story = DemoStory(settings, DemoConfig(rows=rows), ray_address=settings.ray_address)
-    started = time.monotonic()
+    progress = counted_bars(
+        as_json=as_json,
+    )
     try:
-        with console.status("Falaj demo") as status:
-
-            def step(what: str) -> None:
-                elapsed = time.monotonic() - started
-                console.print(f"[dim]{elapsed:6.1f}s[/dim] {what}")
-                status.update(what)
-
-            report = story.run(step)
+        with progress:
+            steps = DemoSteps(progress, story_steps=STEPS, start_prefix=START_PREFIX)
+            report = story.run(steps)
+            steps.finish()
     except FalajError as exc:
-        raise fail(f"demo failed: {exc}") from None
+        raise fail(
+            f"demo failed: {exc}",
+            hint=f"the components' logs are in {Paths(settings.resolved_home).logs}",
+        ) from None
     if as_json:
-        console.print_json(json.dumps(asdict(report), default=str))
+        emit_json(asdict(report))
     else:
         render_report(report, console)
-        console.print(f"The loop closed in {time.monotonic() - started:.0f} s.")
+        console.print(f"The loop closed in {time.monotonic() - steps.started:.0f} s.")
     if not report.audit_verified:
-        raise fail("the audit log does not verify")
+        raise fail(
+            "the audit log does not verify",
+            hint="'falaj audit verify --home "
+            f"{settings.resolved_home}' names the first broken entry",
+        )
 
 
 @app.command()
@@ -164,7 +296,10 @@ def predict(
     ],
     model: Annotated[
         str | None,
-        typer.Option(help="model name; left out, the feature repository's only model"),
+        typer.Option(
+            help="model name; left out, the feature repository's only model",
+            autocompletion=complete_model,
+        ),
     ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
@@ -175,20 +310,36 @@ def predict(
     settings = settings_for(home)
     try:
         values = json.loads(features)
+    except json.JSONDecodeError as exc:
+        raise fail(
+            f"features must be a JSON object: {exc}",
+            hint='quote the object for the shell, e.g. \'{"amount": 12.5, "hour": 3}\'',
+        ) from None
+    try:
         repo = load_repo(settings)
         spec = repo.model(model) if model is not None else repo.only_model()
-        names = spec.features
-        missing = [n for n in names if n not in values]
-        if missing:
-            raise FalajError(f"missing features {missing}; expected all of {list(names)}")
+    except FalajError as exc:
+        raise fail(
+            str(exc), hint="pass --model NAME; 'falaj features check' lists the models"
+        ) from None
+    names = spec.features
+    missing = [n for n in names if not isinstance(values, dict) or n not in values]
+    if missing:
+        raise fail(
+            f"missing features {missing}; expected all of {list(names)}",
+            hint=f"pass every input of {spec.name!r} in the JSON object",
+        )
+    try:
         with _client(settings, Role.ML_ENGINEER) as client:
             result = client.predict(spec.name, [[float(values[n]) for n in names]])
-    except json.JSONDecodeError as exc:
-        raise fail(f"features must be a JSON object: {exc}") from None
-    except FalajError as exc:
-        raise fail(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise fail(
+            f"every feature must be a number: {exc}", hint='pass numbers, e.g. {"hour": 3}'
+        ) from None
+    except PLATFORM_ERRORS as exc:
+        raise unreachable(exc) from None
     if as_json:
-        console.print_json(json.dumps(asdict(result)))
+        emit_json(asdict(result))
     else:
         console.print(
             f"{spec.name} v{result.version} ({result.variant}): "
@@ -196,44 +347,20 @@ def predict(
         )
 
 
-@app.command()
-def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """What runs, where, and whether it is alive."""
-    paths = Paths(settings_for(home).resolved_home)
-    state_file = paths.run / "platform.json"
-    if not state_file.exists():
-        raise fail("no platform is running here ('falaj up' starts one)")
-    state = json.loads(state_file.read_text())
-    alive = {name: _pid_alive(pid) for name, pid in state["processes"].items()}
-    if as_json:
-        console.print_json(json.dumps({**state, "alive": alive}))
-        return
-    for name, pid in state["processes"].items():
-        mark = "[green]up[/green]" if alive[name] else "[red]down[/red]"
-        console.print(f"{mark:>20} {name:<28} pid {pid}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @audit_app.command("verify")
 def audit_verify(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Check the hash chain; exit 1 naming the first broken entry."""
     log = AuditLog(Paths(settings_for(home).resolved_home).audit)
+    hint = "restore the log from a copy you trust; 'falaj audit export' refuses a broken chain"
     try:
         report = log.verify()
     except AuditTampered as exc:
-        if as_json:
-            console.print_json(json.dumps({"verified": False, "error": str(exc)}))
+        if as_json:  # the verdict is the result: it goes to stdout, as 'verified: true' does
+            emit_json({"verified": False, "error": str(exc), "hint": hint})
             raise typer.Exit(1) from None
-        raise fail(f"audit log tampered: {exc}") from None
+        raise fail(f"audit log tampered: {exc}", hint=hint) from None
     if as_json:
-        console.print_json(json.dumps({"verified": True, "entries": report.entries}))
+        emit_json({"verified": True, "entries": report.entries, "head": report.head_hash})
     else:
         console.print(f"audit log verified: {report.entries} entries, head {report.head_hash[:16]}")
 
@@ -242,13 +369,20 @@ def audit_verify(home: HomeOption = None, as_json: JsonOption = False) -> None:
 def audit_show(
     home: HomeOption = None,
     last: Annotated[int, typer.Option(help="entries from the end")] = 20,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the last entries."""
     log = AuditLog(Paths(settings_for(home).resolved_home).audit)
-    for entry in list(log.entries())[-last:]:
+    entries = list(log.entries())[-last:] if last > 0 else []
+    if as_json:
+        emit_json(entries)
+        return
+    for entry in entries:
         console.print(
             f"{entry['seq']:>5} {entry['time'][:19]} {entry['action']:<22} {entry['outcome']:<8}"
-            f" {entry['actor']:<18} {entry['resource']}"
+            f" {entry['actor']:<18} {entry['resource']}",
+            markup=False,
+            highlight=False,
         )
 
 
@@ -264,24 +398,31 @@ def audit_export(
         str | None, typer.Option(help="entries whose action starts with this, e.g. model.")
     ] = None,
     home: HomeOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Write the audit log as JSON Lines for a SIEM, after checking its hash chain.
 
     Each line is the entry as stored, hashes included, so the receiver can check
     the chain again. A log that does not verify is not exported: what it holds
-    cannot be vouched for.
+    cannot be vouched for. With --json, stdout is one object: what was exported,
+    and the entries themselves when no --output is given.
     """
     log = AuditLog(Paths(settings_for(home).resolved_home).audit)
     try:
         report = log.verify()
     except AuditTampered as exc:
-        raise fail(f"audit log tampered, not exported: {exc}") from None
+        raise fail(
+            f"audit log tampered, not exported: {exc}",
+            hint="'falaj audit verify' names the first broken entry; restore the log from a "
+            "copy you trust",
+        ) from None
     if since is not None:
         try:
             start = datetime.fromisoformat(since)
         except ValueError:
             raise fail(
-                f"--since: expected an ISO 8601 time such as 2026-11-24, got {since!r}"
+                f"--since: expected an ISO 8601 time such as 2026-11-24, got {since!r}",
+                hint="pass a date or a time, e.g. --since 2026-11-24T08:00",
             ) from None
         start = start if start.tzinfo else start.replace(tzinfo=UTC)
     chosen = [
@@ -291,14 +432,28 @@ def audit_export(
         and (action is None or str(entry["action"]).startswith(action))
     ]
     lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in chosen)
-    if output is None:
+    if output is not None:
+        try:
+            output.write_text(lines)
+        except OSError as exc:
+            raise fail(
+                f"cannot write {output}: {exc}", hint="pass --output a file in a writable folder"
+            ) from None
+    summary = {
+        "exported": len(chosen),
+        "entries": report.entries,
+        "head": report.head_hash,
+        "output": None if output is None else str(output),
+    }
+    if as_json:
+        emit_json(summary if output is not None else {**summary, "lines": chosen})
+    elif output is None:
         sys.stdout.write(lines)
-        return
-    output.write_text(lines)
-    err_console.print(
-        f"exported {len(chosen)} of {report.entries} entries (chain verified, head "
-        f"{report.head_hash[:16]}) to {output}"
-    )
+    else:
+        err_console.print(
+            f"exported {len(chosen)} of {report.entries} entries (chain verified, head "
+            f"{report.head_hash[:16]}) to {output}"
+        )
 
 
 @policy_app.command("check")
@@ -319,11 +474,18 @@ def policy_check(
     policy = ResidencyPolicy.from_settings(settings)
     folder = manifests or settings.manifests_dir
     if not folder.is_dir():
-        raise fail(f"no manifests folder at {folder}; pass --manifests DIR")
-    verdicts = check(policy, [*manifest_destinations(folder), *configured_destinations(settings)])
+        raise fail(
+            f"no manifests folder at {folder}",
+            hint="pass --manifests DIR, or set FALAJ_MANIFESTS_DIR to the folder",
+        )
+    try:
+        found = [*manifest_destinations(folder), *configured_destinations(settings)]
+    except FalajError as exc:
+        raise fail(str(exc), hint=f"fix the manifest it names in {folder}") from None
+    verdicts = check(policy, found)
     leaving = [v for v in verdicts if not v.allowed]
     if as_json:
-        console.print_json(json.dumps([v.to_json() for v in verdicts]))
+        emit_json([v.to_json() for v in verdicts])
     else:
         table = Table(title=f"destinations (allowed: {', '.join(settings.allowed_regions)})")
         for column in ("named in", "destination", "region", "verdict"):
@@ -362,7 +524,11 @@ def features_check(as_json: JsonOption = False) -> None:
     try:
         repo = load_repo(settings)
     except FalajError as exc:
-        raise fail(str(exc)) from None
+        raise fail(
+            str(exc),
+            hint="fix the file it names (README, 'Bring your own data', shows both formats), "
+            "or point FALAJ_FEATURE_REPO at another repository",
+        ) from None
     datasets = {
         name: {
             "entity": schema.entity,
@@ -388,9 +554,7 @@ def features_check(as_json: JsonOption = False) -> None:
         for name, spec in repo.models.items()
     }
     if as_json:
-        console.print_json(
-            json.dumps({"repository": str(repo.path), "datasets": datasets, "models": models})
-        )
+        emit_json({"repository": str(repo.path), "datasets": datasets, "models": models})
         return
     console.print(
         f"feature repository {repo.path}: {len(datasets)} dataset(s), {len(models)} model(s)"
@@ -410,34 +574,54 @@ def features_check(as_json: JsonOption = False) -> None:
 @events_app.command("schemas")
 def events_schemas(
     out: Annotated[Path, typer.Option(help="folder to write one JSON Schema per event type")],
+    as_json: JsonOption = False,
 ) -> None:
     """Export the schema registry: a JSON Schema for each event type's data."""
-    for path in export_schemas(out):
-        console.print(str(path))
+    try:
+        written = [str(path) for path in export_schemas(out)]
+    except OSError as exc:
+        raise fail(f"cannot write to {out}: {exc}", hint="pass --out a writable folder") from None
+    if as_json:
+        emit_json({"schemas": written})
+        return
+    for path in written:
+        console.print(path, markup=False, highlight=False)
 
 
 @events_app.command("list")
 def events_list(
     home: HomeOption = None,
-    event_type: Annotated[str | None, typer.Option("--type")] = None,
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="one event type, e.g. dev.falaj.data.ingested")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Recent events in the broker."""
     from falaj.events import EventType
 
     try:
+        chosen = EventType(event_type) if event_type else None
+    except ValueError:
+        raise fail(
+            f"--type {event_type!r} is not an event type of the catalog",
+            hint="pass one of " + ", ".join(EventType),
+        ) from None
+    try:
         with _client(settings_for(home), Role.VIEWER) as client:
-            events = client.events(EventType(event_type) if event_type else None)
-    except (FalajError, ValueError) as exc:
-        raise fail(str(exc)) from None
+            events = client.events(chosen)
+    except PLATFORM_ERRORS as exc:
+        raise unreachable(exc) from None
     if as_json:
-        console.print_json(json.dumps(events))
+        emit_json(events)
         return
     for event in events:
-        console.print(f"{event.get('time', '')[:19]} {event['type']:<40} {event['id']}")
+        console.print(
+            f"{event.get('time', '')[:19]} {event['type']:<40} {event['id']}", markup=False
+        )
 
 
 def _client(settings: Settings, role: Role) -> PlatformClient:
+    """A client of the running platform with ``role``'s token; ``FalajError`` when there is none."""
     from falaj.client import PlatformClient
 
     return PlatformClient.from_settings(
@@ -455,10 +639,10 @@ def events_dead(
     try:
         with _client(settings_for(home), Role.VIEWER) as client:
             letters = client.dead_letters(limit)
-    except FalajError as exc:
-        raise fail(str(exc)) from None
+    except PLATFORM_ERRORS as exc:
+        raise unreachable(exc) from None
     if as_json:
-        console.print_json(json.dumps(letters))
+        emit_json(letters)
         return
     if not letters:
         console.print("no dead letters")
@@ -467,7 +651,8 @@ def events_dead(
         console.print(
             f"{letter['id']:>5} {letter.get('event_type')!s:<36} "
             f"{letter.get('trigger') or 'ingress'!s:<24} attempts {letter['attempts']} "
-            f"({replay}): {letter['reason']}"
+            f"({replay}): {letter['reason']}",
+            markup=False,
         )
 
 
@@ -475,23 +660,35 @@ def events_dead(
 def events_replay(
     dead_letter_ids: Annotated[list[int], typer.Argument(help="ids from 'falaj events dead'")],
     home: HomeOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Send dead letters again (platform-admin)."""
-    failed = 0
+    replayed: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     try:
         with _client(settings_for(home), Role.PLATFORM_ADMIN) as client:
             for dead_letter_id in dead_letter_ids:
                 try:
                     result = client.replay(dead_letter_id)
                 except FalajError as exc:
-                    failed += 1
-                    err_console.print(f"[red]{dead_letter_id}:[/red] {exc}")
+                    failed.append({"id": dead_letter_id, "error": str(exc)})
+                    if not as_json:
+                        err_console.print(f"[red]{dead_letter_id}:[/red] {escape(str(exc))}")
                     continue
-                console.print(f"{dead_letter_id}: queued again as delivery {result['delivery']}")
-    except FalajError as exc:
-        raise fail(str(exc)) from None
+                replayed.append({"id": dead_letter_id, "delivery": result["delivery"]})
+                if not as_json:
+                    console.print(
+                        f"{dead_letter_id}: queued again as delivery {result['delivery']}"
+                    )
+    except PLATFORM_ERRORS as exc:
+        raise unreachable(exc) from None
+    if as_json:
+        emit_json({"replayed": replayed, "failed": failed})
     if failed:
-        raise typer.Exit(1)
+        raise fail(
+            f"{len(failed)} of {len(dead_letter_ids)} dead letters were not replayed",
+            hint="'falaj events dead' lists their ids and whether each is replayable",
+        )
 
 
 # -- the model registry ------------------------------------------------------------
@@ -515,26 +712,6 @@ def _serving(home: Path | None) -> tuple[ModelRegistry, dict[str, TrafficSplit]]
     with DeploymentStore(ctx) as deployments:
         splits = {split.model: split for split in deployments.all()}
     return ModelRegistry(ctx), splits
-
-
-def _role(split: TrafficSplit | None, version: int) -> str:
-    """What a version is to traffic: its alias and its share, or nothing."""
-    from falaj.deployments import Alias
-
-    if split is None:
-        return ""
-    shares = {Alias.PRODUCTION: 100 - split.canary_percent, Alias.CANARY: split.canary_percent}
-    for alias, named in split.aliases.items():
-        if named == version:
-            return f"{alias} ({shares[alias]}%)"
-    return ""
-
-
-def _aliases(split: TrafficSplit | None, version: int) -> list[str]:
-    """The registry aliases that name ``version``: production, canary, or none."""
-    if split is None:
-        return []
-    return [str(alias) for alias, named in split.aliases.items() if named == version]
 
 
 def _found(
@@ -564,7 +741,9 @@ def _found(
             )
         return latest, splits.get(model)
     except FalajError as exc:
-        raise fail(str(exc)) from None
+        raise fail(
+            str(exc), hint="'falaj models list' shows every model, its versions and aliases"
+        ) from None
 
 
 @models_app.command("list")
@@ -576,21 +755,23 @@ def models_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
         registry, splits = _serving(home)
         versions = [v for model in registry.models() for v in registry.versions(model)]
     except FalajError as exc:
-        raise fail(str(exc)) from None
+        raise fail(
+            f"cannot read the registry: {exc}", hint="pass --home to the platform's folder"
+        ) from None
     rows = [
         {
             "model": v.model,
             "version": v.version,
             "created": v.created,
-            "serving": _role(splits.get(v.model), v.version),
-            "aliases": _aliases(splits.get(v.model), v.version),
+            "serving": serving_role(splits.get(v.model), v.version),
+            "aliases": aliases_of(splits.get(v.model), v.version),
             "metrics": dict(v.metrics),
             "digest": v.digest,
         }
         for v in versions
     ]
     if as_json:
-        console.print_json(json.dumps(rows))
+        emit_json(rows)
         return
     table = Table("model", "version", "created", "serving", "auc", "log-loss", "digest")
     for v in versions:
@@ -599,7 +780,7 @@ def models_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
             v.model,
             str(v.version),
             v.created[:19],
-            _role(splits.get(v.model), v.version),
+            serving_role(splits.get(v.model), v.version),
             "" if auc is None else f"{auc:.3f}",
             "" if log_loss is None else f"{log_loss:.3f}",
             v.digest[:12],
@@ -618,12 +799,12 @@ def models_show(
     found, split = _found(home, model, version)
     shown = {
         **{k: v for k, v in found.to_json().items() if k != "lineage"},
-        "serving": _role(split, found.version),
-        "aliases": _aliases(split, found.version),
+        "serving": serving_role(split, found.version),
+        "aliases": aliases_of(split, found.version),
         "location": found.location,
     }
     if as_json:
-        console.print_json(json.dumps(shown))
+        emit_json(shown)
         return
     for key, value in shown.items():
         console.print(f"[bold]{key}[/bold]: {value}")
@@ -640,24 +821,11 @@ def models_lineage(
     found, _ = _found(home, model, version)
     lineage = dict(found.lineage)
     if as_json:
-        console.print_json(json.dumps({"model": model, "version": found.version, **lineage}))
+        emit_json({"model": model, "version": found.version, **lineage})
         return
     console.print(f"[bold]{model}[/bold] version {found.version} (sha256 {found.digest[:16]})")
     for key, value in lineage.items():
         console.print(f"  [bold]{key}[/bold]: {json.dumps(value, default=str)}")
-
-
-#: Audit actions that say who moved a version through its life.
-VERSION_STEPS = (
-    "model.registered",
-    "model.signed",
-    "model.deployed",
-    "model.canary",
-    "model.promoted",
-    "model.rolled_back",
-    "model.shadow",
-    "model.refused",
-)
 
 
 @app.command("lineage")
@@ -669,20 +837,8 @@ def lineage(
 ) -> None:
     """Which data, features, code and job made a version, and who moved it when."""
     found, _ = _found(home, model, version)
-    resource = f"model/{model}/{found.version}"
     log = AuditLog(Paths(settings_for(home).resolved_home).audit)
-    history = [
-        {
-            "time": entry["time"],
-            "action": entry["action"],
-            "outcome": entry["outcome"],
-            "actor": entry["actor"],
-            "role": entry["role"],
-            "reason": (entry.get("details") or {}).get("reason"),
-        }
-        for entry in log.entries()
-        if entry["resource"] == resource and entry["action"] in VERSION_STEPS
-    ]
+    history = version_history(log, model, found.version)
     record = {
         "model": model,
         "version": found.version,
@@ -693,7 +849,7 @@ def lineage(
         "history": history,
     }
     if as_json:
-        console.print_json(json.dumps(record, default=str))
+        emit_json(record)
         return
     console.print(f"[bold]{model}[/bold] version {found.version} (sha256 {found.digest[:16]})")
     console.print(f"  [bold]features[/bold]: {', '.join(found.feature_names)}")
@@ -716,85 +872,9 @@ def lineage(
     console.print(table)
 
 
-# -- training runs -------------------------------------------------------------------
-
-#: Cells of the text progress bar in ``falaj train status``.
-BAR_WIDTH = 20
-
-
-def progress_bar(epoch: int, epochs: int, width: int = BAR_WIDTH) -> str:
-    """``[#######-------------]  7/20`` for a run that trains; empty before it knows its epochs."""
-    if epochs <= 0:
-        return ""
-    done = min(epoch, epochs)
-    filled = round(width * done / epochs)
-    return f"[{'#' * filled}{'-' * (width - filled)}] {done:>{len(str(epochs))}}/{epochs}"
-
-
-@train_app.command("status")
-def train_status(
-    model: Annotated[str | None, typer.Argument(help="one model (default: all)")] = None,
-    home: HomeOption = None,
-    limit: Annotated[int, typer.Option(help="newest runs to show per model")] = 10,
-    as_json: JsonOption = False,
-) -> None:
-    """The launcher's training runs, newest last, with a progress bar, and what waits."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from falaj.training_runs import DB_FILE, TrainingJobs
-
-    directory = Paths(settings_for(home).resolved_home).training
-    if not (directory / DB_FILE).exists():  # reading must not create the launcher's state
-        console.print("no training runs (the training launcher has launched none here)")
-        return
-    try:
-        with TrainingJobs(directory) as jobs:
-            runs = jobs.runs(model)
-            models = sorted(
-                m for m in {run.model for run in runs} | set(jobs.models()) if model in (None, m)
-            )
-            pending = {m: jobs.pending(m) for m in models}
-    except (FalajError, OSError) as exc:
-        raise fail(f"cannot read the training runs: {exc}") from None
-    by_model = {m: [run for run in runs if run.model == m][-limit:] for m in models}
-    if as_json:
-        shown = {}
-        for m in models:
-            waiting = pending[m]
-            shown[m] = {
-                "runs": [asdict(run) for run in by_model[m]],
-                "pending": None if waiting is None else asdict(waiting),
-            }
-        console.print_json(json.dumps(shown, default=str))
-        return
-    if not models:
-        console.print("no training runs" + (f" for {model!r}" if model else ""))
-        return
-    for name in models:
-        table = Table(title=f"training runs of {name}", title_justify="left")
-        for column in ("job", "reason", "status", "stage", "progress", "loss", "try", "note"):
-            table.add_column(column)
-        for run in by_model[name]:
-            table.add_row(
-                run.job_id,
-                str(run.reason) + (" (urgent)" if run.urgent else ""),
-                run.status + (f", {run.announced}" if run.announced else ""),
-                "" if run.stage is None else str(run.stage),
-                escape(progress_bar(run.epoch, run.epochs)),
-                "" if run.train_loss is None else f"{run.train_loss:.4f}",
-                str(run.attempt),
-                (run.message or "")[:80],
-            )
-        console.print(table)
-        waiting = pending[name]
-        if waiting is not None:
-            console.print(
-                f"  waiting: {waiting.reason}{' (urgent)' if waiting.urgent else ''}, "
-                f"{waiting.requests} request(s) merged"
-                + (f", resumes run {waiting.run_name}" if waiting.run_name else "")
-            )
-
+# Commands of their own modules, listed after the ones above in --help.
+app.command()(status)
+app.command()(ingest)
 
 if __name__ == "__main__":
     app()

@@ -17,7 +17,6 @@ router picks it up within a quarter of a second.
 from __future__ import annotations
 
 import getpass
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +29,7 @@ from falaj.cli.options import (
     JsonOption,
     ModelArgument,
     console,
+    emit_json,
     err_console,
     fail,
     settings_for,
@@ -67,20 +67,22 @@ def _apply(home: Path | None, step: RolloutStep, as_json: bool) -> None:
                 step, actor=ctx.actor, role="cli"
             )
     except FalajError as exc:
-        raise fail(str(exc)) from None
+        raise fail(
+            str(exc),
+            hint=f"'falaj rollout status {step.model}' shows the split, 'falaj models list' "
+            "the versions",
+        ) from None
     announced = _announce(settings, result) if result.changed else None
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "model": step.model,
-                    "action": str(step.action),
-                    "changed": result.changed,
-                    "before": describe_split(result.before),
-                    "after": describe_split(result.after),
-                    "announced": announced,
-                }
-            )
+        emit_json(
+            {
+                "model": step.model,
+                "action": str(step.action),
+                "changed": result.changed,
+                "before": describe_split(result.before),
+                "after": describe_split(result.after),
+                "announced": announced,
+            }
         )
         return
     if not result.changed:
@@ -183,7 +185,10 @@ def shadow(
 ) -> None:
     """Copy every request to a version whose answers are logged, never returned."""
     if (version is None) != off:
-        raise fail("expected a version to shadow, or --off to stop shadowing (not both)")
+        raise fail(
+            "expected a version to shadow, or --off to stop shadowing (not both)",
+            hint=f"e.g. 'falaj rollout shadow {model} 4' or 'falaj rollout shadow {model} --off'",
+        )
     step = RolloutStep(
         model=model,
         action=RolloutAction.SHADOW,
@@ -285,21 +290,23 @@ def status(model: ModelArgument, home: HomeOption = None, as_json: JsonOption = 
         with DeploymentStore(ctx) as store:
             split = store.get(model)
     except FalajError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), hint="pass --home to the platform's folder") from None
     if split is None:
-        raise fail(f"{model!r} has no traffic split; nothing of it is deployed")
+        raise fail(
+            f"{model!r} has no traffic split; nothing of it is deployed",
+            hint=f"'falaj rollout canary {model} VERSION' deploys a version (the rollout "
+            "function deploys the first one); 'falaj models list' shows what is registered",
+        )
     live = _live_report(settings, model)
     steps = loop_steps(ctx, model)
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "model": model,
-                    "split": {**split.traffic(), "updated": split.updated},
-                    "live": live,
-                    "loop": steps,
-                }
-            )
+        emit_json(
+            {
+                "model": model,
+                "split": {**split.traffic(), "updated": split.updated},
+                "live": live,
+                "loop": steps,
+            }
         )
         return
     console.print(f"[bold]{model}[/bold]: {describe_split(split)} (since {split.updated[:19]})")

@@ -11,7 +11,6 @@ nothing: a store that does not exist yet is shown as empty.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict
 from typing import Any
@@ -26,6 +25,7 @@ from falaj.deployments import TrafficSplit, open_traffic_store
 from falaj.errors import AuditTampered, FalajError, PlatformRequestError
 from falaj.quarantine import quarantined_rows, refused_files
 from falaj.registry import ModelRegistry
+from falaj.runtime.processes import pid_alive
 from falaj.training_runs import DB_FILE as TRAINING_DB
 from falaj.training_runs import TrainingJobs
 
@@ -235,22 +235,12 @@ def training(ctx: Context) -> dict[str, Any]:
 # -- the platform ----------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def overview(ctx: Context) -> dict[str, Any]:
     """What runs, where, and the loop's headline numbers."""
     state_file = ctx.paths.run / "platform.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     processes = [
-        {"name": name, "pid": pid, "alive": _alive(int(pid))}
+        {"name": name, "pid": pid, "alive": pid_alive(int(pid))}
         for name, pid in state.get("processes", {}).items()
     ]
     catalog = models(ctx)["models"]

@@ -39,6 +39,11 @@ MODEL = "fraud"
 #: The demo's dataset: its files land in ``landing/transactions/``.
 DATASET = "transactions"
 Step = Callable[[str], None]
+#: How ``DemoStory.run`` names the platform's start-up lines among its steps.
+START_PREFIX = "start "
+#: The steps ``DemoStory.run`` reports after those start-up lines: the story's
+#: seven and the stop. ``falaj demo`` counts its progress bar with it.
+STEPS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +87,7 @@ class DemoStory:
         if home.exists():
             shutil.rmtree(home)  # the demo always starts from nothing
         try:
-            self.platform.up(progress=lambda what: step(f"start {what}"))
+            self.platform.up(progress=lambda what: step(START_PREFIX + what))
             token = self.platform.user_tokens[Role.PLATFORM_ADMIN]
             with PlatformClient.from_settings(self.settings, token=token) as client:
                 self._story(client, step)

@@ -38,6 +38,17 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (``falaj status``, the dashboard's overview)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
 @dataclass
 class ManagedProcess:
     """One child process, its log file, and how to tell it is ready."""
