@@ -24,9 +24,9 @@ A POST from a session must carry its CSRF token (``x-csrf-token``). The probes
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -224,8 +224,26 @@ class ControlAPI:
         caller = await self.caller(request, page.needs)
         data = await run_in_threadpool(self._data, page.name, caller, request)
         shown = await run_in_threadpool(self._plots, page.name, data)
+        return self._page(request, caller, page, f"{page.name}.html", data, shown)
+
+    async def version_page(self, request: Request) -> Response:
+        caller = await self.caller(request, Action.READ)
+        model, number = request.path_params["model"], request.path_params["version"]
+        data = await run_in_threadpool(views.version, self.ctx, model, number)
+        return self._page(request, caller, PAGE["models"], "version.html", data, [])
+
+    def _page(
+        self,
+        request: Request,
+        caller: Caller,
+        page: Page,
+        template: str,
+        data: dict[str, Any],
+        shown: list[plots.Plot],
+    ) -> Response:
+        """A page in the frame every page shares: who is logged in, what they may open and press."""
         return self._html(
-            f"{page.name}.html",
+            template,
             page=page,
             data=data,
             plots=shown,
@@ -234,21 +252,6 @@ class ControlAPI:
             nav=[p for p in PAGES if caller.may(p.needs)],
             csrf=caller.session.csrf if caller.session else "",
             query=dict(request.query_params),
-        )
-
-    async def version_page(self, request: Request) -> Response:
-        caller = await self.caller(request, Action.READ)
-        model, number = request.path_params["model"], request.path_params["version"]
-        data = await run_in_threadpool(views.version, self.ctx, model, number)
-        return self._html(
-            "version.html",
-            page=PAGE["models"],
-            data=data,
-            plots=[],
-            me=caller.principal,
-            can={str(a) for a in PERMISSIONS[caller.principal.role]},
-            nav=[p for p in PAGES if caller.may(p.needs)],
-            csrf=caller.session.csrf if caller.session else "",
         )
 
     def _data(self, name: str, caller: Caller, request: Request) -> dict[str, Any]:
@@ -481,8 +484,6 @@ async def _form_field(request: Request, name: str) -> str | None:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    import json
-
     raw = await _body(request)
     if not raw.strip():
         return {}
@@ -499,8 +500,8 @@ def create_app(control: ControlAPI) -> Starlette:
     page_routes = [
         Route(page.path, control.page, methods=["GET"], name=page.name) for page in PAGES
     ]
+    # Each page's JSON under /api, by the page's name; the admin page's is /api/tokens.
     api_names = [p.name for p in PAGES if p.name != "admin"] + ["tokens"]
-    handler: Callable[[Request], Awaitable[Response]] = control.api
     return Starlette(
         routes=[
             *page_routes,
@@ -509,7 +510,7 @@ def create_app(control: ControlAPI) -> Starlette:
             Route("/login", control.login, methods=["POST"]),
             Route("/logout", control.logout, methods=["POST"]),
             *[
-                Route(f"/api/{name}", handler, methods=["GET"], name=f"api-{name}")
+                Route(f"/api/{name}", control.api, methods=["GET"], name=f"api-{name}")
                 for name in api_names
             ],
             Route("/api/models/{model}/{version:int}", control.api_version, methods=["GET"]),
