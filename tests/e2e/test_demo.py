@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
 
+from falaj.runtime.demo import START_PREFIX, STEPS
 from falaj.runtime.processes import port_open
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -148,3 +150,16 @@ def test_no_secret_reaches_a_log_an_event_the_audit_log_or_the_output(demo_run: 
         if secret and secret in content
     ]
     assert leaks == []
+
+
+def test_the_progress_bar_counts_every_step_the_demo_takes(demo_run: dict) -> None:
+    """``falaj demo``'s bar is sized by ``STEPS``: the story must take exactly that many."""
+    logged = [
+        line.split("s ", 1)[1]
+        for line in demo_run["output"].splitlines()
+        if re.match(r"^\s*\d+\.\ds \S", line)
+    ]
+    assert logged[0].startswith(START_PREFIX)
+    story = [step for step in logged if not step.startswith(START_PREFIX)]
+    assert len(story) == STEPS, story
+    assert story[-1] == "stop the platform"
