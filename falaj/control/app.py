@@ -55,6 +55,7 @@ from falaj.control import plots, views
 from falaj.control.sessions import CSRF_HEADER, SESSION_COOKIE, Session, Sessions, csrf_matches
 from falaj.control.views import SERVICE_ACCOUNT
 from falaj.errors import AuthError, FalajError, PermissionDenied
+from falaj.events import EventType
 from falaj.logs import configure_logging, get_logger
 from falaj.publisher import EventPublisher
 from falaj.rollouts import RolloutAction, Rollouts, RolloutStep, announcement, describe_split
@@ -90,6 +91,8 @@ class Page:
     path: str
     title: str
     needs: Action
+    #: Plots above the page's tables (a long table would push them out of sight).
+    plots_first: bool = False
 
 
 PAGES = (
@@ -97,7 +100,7 @@ PAGES = (
     Page("models", "/models", "Models", Action.READ),
     Page("rollouts", "/rollouts", "Traffic", Action.READ),
     Page("drift", "/drift", "Drift", Action.READ),
-    Page("events", "/events", "Events", Action.READ),
+    Page("events", "/events", "Events", Action.READ, plots_first=True),
     Page("quarantine", "/quarantine", "Quarantine", Action.READ),
     Page("training", "/training", "Training", Action.READ),
     Page("audit", "/audit", "Audit", Action.READ_AUDIT),
@@ -266,7 +269,9 @@ class ControlAPI:
             case "drift":
                 return views.drift(self.ctx)
             case "events":
-                return views.events(self.ctx, caller.token, limit=limit)
+                return views.events(
+                    self.ctx, caller.token, limit=limit, event_type=_event_type(request)
+                )
             case "quarantine":
                 return views.quarantine(self.ctx, limit=limit)
             case "training":
@@ -458,6 +463,19 @@ def _limit(request: Request) -> int:
             f"expected limit to be a whole number from 1 to {views.MAX_ROWS}, got {raw!r}"
         )
     return int(raw)
+
+
+def _event_type(request: Request) -> EventType | None:
+    raw = request.query_params.get("type") or None
+    if raw is None:
+        return None
+    try:
+        return EventType(raw)
+    except ValueError:
+        raise _BadRequest(
+            f"expected type to be an event type of the catalog ('falaj events schemas' lists "
+            f"them, e.g. {EventType.MODEL_DEPLOYED}), got {raw!r}"
+        ) from None
 
 
 async def _body(request: Request) -> bytes:

@@ -23,6 +23,7 @@ from falaj.context import Context
 from falaj.deployments import DB_FILE as DEPLOYMENTS_DB
 from falaj.deployments import TrafficSplit, open_traffic_store
 from falaj.errors import AuditTampered, FalajError, PlatformRequestError
+from falaj.events import EventType
 from falaj.quarantine import quarantined_rows, refused_files
 from falaj.registry import ModelRegistry
 from falaj.runtime.processes import pid_alive
@@ -155,21 +156,30 @@ def drift(ctx: Context, *, last: int = 50) -> dict[str, Any]:
 # -- events ----------------------------------------------------------------------------------
 
 
-def events(ctx: Context, token: str, *, limit: int = 100) -> dict[str, Any]:
+def events(
+    ctx: Context, token: str, *, limit: int = 100, event_type: EventType | None = None
+) -> dict[str, Any]:
     """The broker's newest events and its dead letters (each with its reason).
 
     A broker that does not answer is shown as such (``error``), not as a failed page.
     """
     try:
         with _client(ctx, token) as client:
-            recent = client.events(limit=limit)
+            recent = client.events(event_type, limit=limit)
             dead = client.dead_letters(limit=limit)
     except PlatformRequestError as exc:
-        return {"events": [], "by_type": {}, "dead_letters": [], "error": str(exc)}
+        return {
+            "events": [],
+            "by_type": {},
+            "dead_letters": [],
+            "types": [str(t) for t in EventType],
+            "error": str(exc),
+        }
     return {
         "events": recent[::-1],  # newest first
         "by_type": dict(Counter(str(e.get("type", "")) for e in recent)),
         "dead_letters": dead[::-1],
+        "types": [str(t) for t in EventType],
         "error": None,
     }
 

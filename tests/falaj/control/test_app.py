@@ -265,6 +265,9 @@ def test_bad_input_is_refused_saying_what_was_expected(
         response = app.get(f"/api/audit?limit={limit}", headers=admin)
         assert response.status_code == 400, limit
         assert "expected limit to be a whole number from 1 to 500" in response.json()["error"]
+    wrong_type = app.get("/api/events?type=dev.falaj.nothing", headers=admin)
+    assert wrong_type.status_code == 400
+    assert "expected type to be an event type of the catalog" in wrong_type.json()["error"]
     cases = [
         ("/api/tokens", b"[1, 2]", "expected a JSON object as the body, got a list"),
         ("/api/tokens", b"{not json", "expected a JSON object as the body"),
