@@ -23,7 +23,9 @@ Who counts what:
   variant and HTTP status code, with its end-to-end time; canary verdicts the
   guard carried out; the payload log's own counts;
 - drift: the last closed window's scores, and each ``drift.detected``;
-- training launcher: each run's end and how long it took (submission to end).
+- training launcher: each run's end and how long it took (submission to end);
+- control API: what people did through the dashboard or its JSON (log in,
+  promote, roll back, replay, issue and revoke tokens), by outcome.
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ class RowOutcome(StrEnum):
     QUARANTINED = "quarantined"
 
 
+class ActionOutcome(StrEnum):
+    SUCCESS = "success"
+    #: The caller may not (401, 403), as audited by ``auth.refused``.
+    REFUSED = "refused"
+    #: Allowed, but it could not be done (a split with no canary, a broker that is down).
+    FAILED = "failed"
+
+
 class FileOutcome(StrEnum):
     INGESTED = "ingested"
     REJECTED = "rejected"
@@ -110,6 +120,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "falaj_training_duration_seconds_sum",
         "falaj_canary_verdicts_total",
         "falaj_payload_log_events_total",
+        "falaj_control_actions_total",
     }
 )
 
@@ -258,6 +269,15 @@ class Metrics:
             registry=on,
         )
 
+        # -- control API
+        self.control_actions = Counter(
+            "falaj_control_actions",
+            "What people did through the control API, by action (login, promote, rollback, "
+            "replay, token-issue, token-revoke) and outcome (success, refused, failed).",
+            ("action", "outcome"),
+            registry=on,
+        )
+
     @classmethod
     def for_process(cls) -> Metrics:
         """The catalog with the process's own CPU, memory, GC and Python version beside it."""
@@ -278,6 +298,7 @@ class Metrics:
 __all__ = [
     "CONTENT_TYPE",
     "METRIC_NAMES",
+    "ActionOutcome",
     "FileOutcome",
     "Metrics",
     "PayloadCounts",

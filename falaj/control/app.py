@@ -18,8 +18,9 @@ A person logs in with a token (``POST /login``) and gets a session cookie; a
 script sends ``Authorization: Bearer``. Either way every request is admitted
 by ``Context.admit`` (refusals audited), a page's buttons are drawn only for a
 role that may press them, and the server checks again when one is pressed.
-A POST from a session must carry its CSRF token (``x-csrf-token``). The probes
-(``/healthz``) and the static files (code, no data) are open.
+A POST from a session must carry its CSRF token (``x-csrf-token``). ``GET
+/metrics`` (``read``) counts what people did (``falaj_control_actions``). The
+probes (``/healthz``) and the static files (code, no data) are open.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -57,6 +59,7 @@ from falaj.control.views import SERVICE_ACCOUNT
 from falaj.errors import AuthError, FalajError, PermissionDenied
 from falaj.events import EventType
 from falaj.logs import configure_logging, get_logger
+from falaj.metrics import CONTENT_TYPE, ActionOutcome, Metrics
 from falaj.publisher import EventPublisher
 from falaj.rollouts import RolloutAction, Rollouts, RolloutStep, announcement, describe_split
 from falaj.settings import Settings
@@ -83,6 +86,9 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
 }
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -139,11 +145,16 @@ class ControlAPI:
     """The handlers; ``create_app`` routes to them."""
 
     def __init__(
-        self, ctx: Context, publisher: EventPublisher | None, sessions: Sessions | None = None
+        self,
+        ctx: Context,
+        publisher: EventPublisher | None,
+        sessions: Sessions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ctx = ctx
         self.publisher = publisher
         self.sessions = sessions or Sessions()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.templates = Environment(
             loader=PackageLoader("falaj.control", "templates"),
             autoescape=select_autoescape(default=True),
@@ -413,6 +424,46 @@ class ControlAPI:
             details={"role": role} if role else {},
         )
 
+    # -- what people did, counted ---------------------------------------------------------
+
+    def counted(self, action: str | Callable[[Request], str | None], handler: Endpoint) -> Endpoint:
+        """``handler``, counted in ``falaj_control_actions`` by what its answer says.
+
+        ``action`` may read the request (the button pressed); None counts nothing,
+        so a label never takes a value nobody declared.
+        """
+
+        async def endpoint(request: Request) -> Response:
+            name = action(request) if callable(action) else action
+            try:
+                response = await handler(request)
+            except AuthError:
+                self._count(name, ActionOutcome.REFUSED)
+                raise
+            except FalajError:
+                self._count(name, ActionOutcome.FAILED)
+                raise
+            status = response.status_code
+            self._count(
+                name,
+                ActionOutcome.SUCCESS
+                if status < 400
+                else ActionOutcome.REFUSED
+                if status in (401, 403)
+                else ActionOutcome.FAILED,
+            )
+            return response
+
+        return endpoint
+
+    def _count(self, action: str | None, outcome: ActionOutcome) -> None:
+        if action is not None:
+            self.metrics.control_actions.labels(action, outcome).inc()
+
+    async def metrics_page(self, request: Request) -> Response:
+        await self.caller(request, Action.READ)
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
+
     # -- plumbing ------------------------------------------------------------------------
 
     async def static(self, request: Request) -> Response:
@@ -427,7 +478,10 @@ class ControlAPI:
     async def on_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, FalajError)
         status = HTTPStatus(int(exc.status))
-        wants_page = not request.url.path.startswith("/api/") and request.method == "GET"
+        # A person's browser gets a page (or the login page); a script, JSON and a status.
+        wants_page = request.method == "GET" and not request.url.path.startswith(
+            ("/api/", "/metrics")
+        )
         if wants_page and isinstance(exc, AuthError) and not isinstance(exc, PermissionDenied):
             # No session, or its token was revoked or expired: log in (again).
             self.sessions.close(request.cookies.get(SESSION_COOKIE))
@@ -447,6 +501,12 @@ class ControlAPI:
 
 class _BadRequest(FalajError):
     status = HTTPStatus.BAD_REQUEST
+
+
+def _button(request: Request) -> str | None:
+    """The rollout button a request presses, if it is one there is."""
+    pressed = str(request.path_params["action"])
+    return pressed if pressed in BUTTONS else None
 
 
 def _safe_next(target: str | None) -> str:
@@ -525,7 +585,7 @@ def create_app(control: ControlAPI) -> Starlette:
             *page_routes,
             Route("/models/{model}/{version:int}", control.version_page, methods=["GET"]),
             Route("/login", control.login_page, methods=["GET"]),
-            Route("/login", control.login, methods=["POST"]),
+            Route("/login", control.counted("login", control.login), methods=["POST"]),
             Route("/logout", control.logout, methods=["POST"]),
             *[
                 Route(f"/api/{name}", control.api, methods=["GET"], name=f"api-{name}")
@@ -534,12 +594,23 @@ def create_app(control: ControlAPI) -> Starlette:
             Route("/api/models/{model}/{version:int}", control.api_version, methods=["GET"]),
             Route(
                 "/api/rollouts/{model}/{action:str}",
-                control.rollout,
+                control.counted(_button, control.rollout),
                 methods=["POST"],
             ),
-            Route("/api/dead-letters/{id:int}/replay", control.replay, methods=["POST"]),
-            Route("/api/tokens", control.issue_token, methods=["POST"]),
-            Route("/api/tokens/{subject}", control.revoke_token, methods=["DELETE"]),
+            Route(
+                "/api/dead-letters/{id:int}/replay",
+                control.counted("replay", control.replay),
+                methods=["POST"],
+            ),
+            Route(
+                "/api/tokens", control.counted("token-issue", control.issue_token), methods=["POST"]
+            ),
+            Route(
+                "/api/tokens/{subject}",
+                control.counted("token-revoke", control.revoke_token),
+                methods=["DELETE"],
+            ),
+            Route("/metrics", control.metrics_page, methods=["GET"]),
             Route("/static/{name}", control.static, methods=["GET"]),
             Route("/healthz", control.healthz, methods=["GET"]),
         ],
@@ -554,7 +625,7 @@ def main() -> None:
     ctx = Context.create(settings, actor="control")
     publisher = EventPublisher.from_context(ctx, timeout_s=5.0)
     uvicorn.run(
-        create_app(ControlAPI(ctx, publisher)),
+        create_app(ControlAPI(ctx, publisher, metrics=Metrics.for_process())),
         host=settings.host,
         port=settings.control_port,
         log_level=settings.log_level,

@@ -23,6 +23,7 @@ def every_metric_once(metrics: Metrics) -> None:
     metrics.drift_detected.labels("fraud").inc()
     metrics.training_runs.labels("fraud", "succeeded").inc()
     metrics.training_duration_seconds.labels("fraud").observe(95.0)
+    metrics.control_actions.labels("promote", "success").inc()
 
 
 def sample_names(text: str) -> set[str]:

@@ -99,6 +99,7 @@ def test_base_applies_the_monitoring_folder_and_falaj_up_reads_past_it(
 ) -> None:
     assert sorted(docs) == [
         "ConfigMap/falaj-grafana-dashboard",
+        "PodMonitor/falaj-control",
         "PodMonitor/falaj-functions",
         "PodMonitor/falaj-predictors",
         "PrometheusRule/falaj",
@@ -186,10 +187,13 @@ def test_the_pod_monitors_scrape_metrics_with_the_reader_token(
     assert predictors["selector"]["matchExpressions"] == [
         {"key": "serving.kserve.io/inferenceservice", "operator": "Exists"}
     ]
-    for spec in (functions, predictors):
+    control = docs["PodMonitor/falaj-control"]["spec"]
+    assert control["selector"] == {"matchLabels": {"app.kubernetes.io/component": "control"}}
+    # Knative's name for the user container's port on every revision's pod; the control
+    # API is a Deployment, scraped on its own named port.
+    for spec, port in ((functions, "user-port"), (predictors, "user-port"), (control, "http")):
         (endpoint,) = spec["podMetricsEndpoints"]
-        # Knative's name for the user container's port on every revision's pod.
-        assert (endpoint["port"], endpoint["path"]) == ("user-port", "/metrics")
+        assert (endpoint["port"], endpoint["path"]) == (port, "/metrics")
         assert endpoint["authorization"] == {
             "type": "Bearer",
             "credentials": {"name": "falaj-metrics-reader", "key": "token"},

@@ -430,6 +430,7 @@ ALLOWED = [
     ("prometheus", "predictor/fraud", 15020, "the sidecar's merged metrics"),
     ("prometheus", HEAD, 8080, "Ray's metrics export port"),
     ("prometheus", WORKER, 8080, "Ray's metrics export port"),
+    ("prometheus", CONTROL, 8090, "the control API's /metrics, with a read token"),
     # The control API and dashboard.
     ("knative-local-gateway", CONTROL, 8090, "people come in through the ingress gateway"),
     (CONTROL, "broker-ingress", 8080, "model.deployed after a promote or rollback"),
@@ -543,7 +544,7 @@ DENIED = [
     (HEAD, CONTROL, 8090, "a training run reports through the Broker"),
     ("stranger", CONTROL, 8090, "another namespace only through the gateway"),
     ("activator", CONTROL, 8090, "no Knative Service: the activator never fronts it"),
-    ("prometheus", CONTROL, 8090, "it has no /metrics"),
+    ("grafana", CONTROL, 8090, "only Prometheus scrapes"),
     (CONTROL, HEAD, 8265, "the dashboard submits no Ray jobs"),
     (CONTROL, HEAD, 6379, "nor joins Ray's GCS"),
     (CONTROL, "postgres", 5432, "it reads state from the registry volume, not Feast"),

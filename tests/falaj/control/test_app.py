@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from falaj.auth import PERMISSIONS, Action, Role
@@ -364,3 +365,36 @@ def test_a_version_page_shows_its_lineage_and_its_history(
     ]
     assert shown["history"], "registering a version is audited"
     assert app.get("/models/fraud/9").status_code == 404
+
+
+def test_what_people_do_is_counted_for_prometheus(
+    app: TestClient, ctx: Context, tokens: dict[Role, str]
+) -> None:
+    with_canary(ctx)
+    viewer = {"Authorization": f"Bearer {tokens[Role.VIEWER]}"}
+    engineer = {"Authorization": f"Bearer {tokens[Role.ML_ENGINEER]}"}
+    assert app.post("/login", data={"token": "flj_wrong"}).status_code == 401
+    assert app.post("/login", data={"token": tokens[Role.AUDITOR]}).status_code == 303
+    assert app.post("/api/rollouts/fraud/promote", headers=viewer).status_code == 403
+    assert app.post("/api/rollouts/fraud/promote", headers=engineer).status_code == 200
+    assert app.post("/api/rollouts/fraud/promote", headers=engineer).status_code == 409
+    assert app.post("/api/rollouts/fraud/nonsense", headers=engineer).status_code == 400
+
+    assert app.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    app.cookies.clear()
+    assert app.get("/metrics").status_code == 401  # a scraper gets a status, not a login page
+    scrape = app.get("/metrics", headers=viewer)
+    assert scrape.status_code == 200
+    counted = {
+        (sample.labels["action"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(scrape.text)
+        for sample in family.samples
+        if sample.name == "falaj_control_actions_total"
+    }
+    assert counted == {
+        ("login", "refused"): 1,
+        ("login", "success"): 1,
+        ("promote", "refused"): 1,
+        ("promote", "success"): 1,
+        ("promote", "failed"): 1,
+    }
