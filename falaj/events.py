@@ -238,6 +238,9 @@ class DataRejected(EventData):
     location: str
     reason: str
     quarantine_location: str
+    #: Which version of the object was refused, as ``data.ingested`` names one it took
+    #: (absent in events from before it was added).
+    object_version: str | None = None
 
 
 class TrainingReason(StrEnum):

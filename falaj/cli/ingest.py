@@ -103,24 +103,14 @@ def _sha256(path: Path) -> str:
 
 
 def outcome_of(landed: Landed, events: Events) -> dict[str, Any] | None:
-    """The broker's answer about these bytes, or None while there is none yet.
-
-    ``data.ingested`` names its object version; ``data.rejected`` does not, but
-    its quarantine copy is named after the key and the version's digest.
-    """
-    digest = landed.object_version.removeprefix(VERSION_PREFIX)
-    for event in events(EventType.DATA_INGESTED):
-        data = event.get("data") or {}
-        if data.get("location") == landed.location and (
-            data.get("object_version") == landed.object_version
-        ):
-            return event
-    for event in events(EventType.DATA_REJECTED):
-        data = event.get("data") or {}
-        if data.get("location") == landed.location and digest in str(
-            data.get("quarantine_location", "")
-        ):
-            return event
+    """The broker's answer about these bytes (this object version), or None while there is none."""
+    for event_type in (EventType.DATA_INGESTED, EventType.DATA_REJECTED):
+        for event in events(event_type):
+            data = event.get("data") or {}
+            if data.get("location") == landed.location and (
+                data.get("object_version") == landed.object_version
+            ):
+                return event
     return None
 
 

@@ -499,6 +499,7 @@ class IngestFunction(CloudEventFunction):
             location=uri,
             reason=reason,
             quarantine_location=str(copy),
+            object_version=version,
         )
 
 

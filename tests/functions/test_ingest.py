@@ -191,6 +191,7 @@ def test_a_file_that_cannot_be_read_is_rejected_whole(
     assert event_type is EventType.DATA_REJECTED
     assert isinstance(data, DataRejected)
     assert reason in data.reason
+    assert data.object_version == "g1"  # the notification's version of the object
     assert Path(data.quarantine_location).read_bytes() == content
     (reason_file,) = ctx.paths.quarantine.glob("*.reason.json")
     assert json.loads(reason_file.read_text())["reason"] == data.reason

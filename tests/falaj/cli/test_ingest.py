@@ -47,8 +47,8 @@ def _landed_events(landing: Path, event_type: str) -> list[dict[str, object]]:
                 "dataset": path.parent.name,
                 "location": location,
                 "reason": "no column 'timestamp'",
-                # ingest's name for it: key and version, made safe for a file name
                 "quarantine_location": f"/q/{path.parent.name}_{path.name}-sha256_{digest}.orig",
+                "object_version": f"sha256:{digest}",
             }
         elif not path.name.startswith("bad") and event_type == EventType.DATA_INGESTED:
             data = {
