@@ -286,7 +286,7 @@ class ControlAPI:
             case "quarantine":
                 return views.quarantine(self.ctx, limit=limit)
             case "training":
-                return views.training(self.ctx)
+                return views.training(self.ctx, caller.token)
             case "audit":
                 return views.audit(
                     self.ctx, limit=limit, action=request.query_params.get("action") or None
@@ -309,6 +309,8 @@ class ControlAPI:
                 ]
             case "events":
                 return [plots.events_by_type(data["by_type"])] if data["by_type"] else []
+            case "training":
+                return [plots.training_loss(data["loss"])] if data["loss"] else []
         return []
 
     # -- the same, as JSON ---------------------------------------------------------------

@@ -150,3 +150,20 @@ def events_by_type(by_type: Mapping[str, int]) -> Plot:
         )
     )
     return _plot("events-by-type", "newest events by type", fig)
+
+
+def training_loss(losses: Mapping[str, Sequence[tuple[int, float]]]) -> Plot:
+    """Each training job's loss by epoch, as its progress events reported it."""
+    fig = go.Figure()
+    for job, points in sorted(losses.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=[epoch for epoch, _ in points],
+                y=[loss for _, loss in points],
+                mode="lines+markers",
+                name=job,
+            )
+        )
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="training loss")
+    return _plot("training-loss", "training loss by epoch", fig)

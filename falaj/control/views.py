@@ -36,6 +36,8 @@ SERVICE_ACCOUNT = "control"
 UPSTREAM_TIMEOUT_S = 5.0
 #: Rows shown per table; the API takes ``limit`` up to this.
 MAX_ROWS = 500
+#: The most events one read asks the broker for (its own limit).
+MAX_EVENTS = 1000
 
 
 def _client(ctx: Context, token: str) -> PlatformClient:
@@ -221,8 +223,12 @@ def audit(ctx: Context, *, limit: int = 200, action: str | None = None) -> dict[
 # -- training --------------------------------------------------------------------------------
 
 
-def training(ctx: Context) -> dict[str, Any]:
-    """The launcher's runs, newest first, with how far each came, and what waits per model."""
+def training(ctx: Context, token: str | None = None) -> dict[str, Any]:
+    """The launcher's runs, newest first, with how far each came, and what waits per model.
+
+    With ``token``, also each run's loss by epoch, from the ``training.progress``
+    events the jobs sent to the broker (the launcher keeps only the last one).
+    """
     runs: list[dict[str, Any]] = []
     pending: dict[str, Any] = {}
     if (ctx.paths.training / TRAINING_DB).exists():
@@ -239,7 +245,29 @@ def training(ctx: Context) -> dict[str, Any]:
                 waiting = jobs.pending(name)
                 if waiting is not None:
                     pending[name] = asdict(waiting)
-    return {"runs": runs, "pending": pending, "ray_dashboard": ctx.settings.ray_jobs_address}
+    return {
+        "runs": runs,
+        "pending": pending,
+        "loss": _losses(ctx, token) if token is not None and runs else {},
+        "ray_dashboard": ctx.settings.ray_jobs_address,
+    }
+
+
+def _losses(ctx: Context, token: str) -> dict[str, list[tuple[int, float]]]:
+    """Each job's training loss by epoch; none when the broker does not answer."""
+    try:
+        with _client(ctx, token) as client:
+            progress = client.events(EventType.TRAINING_PROGRESS, limit=MAX_EVENTS)
+    except PlatformRequestError:
+        return {}
+    losses: dict[str, dict[int, float]] = {}
+    for event in progress:
+        data = event.get("data") or {}
+        if data.get("train_loss") is not None and data.get("epoch"):
+            losses.setdefault(str(data["job_id"]), {})[int(data["epoch"])] = float(
+                data["train_loss"]
+            )
+    return {job: sorted(by_epoch.items()) for job, by_epoch in losses.items()}
 
 
 # -- the platform ----------------------------------------------------------------------------

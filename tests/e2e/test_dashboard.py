@@ -215,6 +215,8 @@ def test_every_page_loads_and_draws_its_plots(browser: Browser, dashboard: Dashb
     assert page.locator(".plot-area .shapelayer path").count() >= 4
     # Events: the newest events by type.
     assert drawn["events"] == 1
+    # Training: each job's loss by epoch, from its progress events.
+    assert drawn["training"] == 1
 
 
 def test_the_pages_show_the_loop_as_it_happened(browser: Browser, dashboard: Dashboard) -> None:

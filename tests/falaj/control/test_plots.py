@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from falaj.control.plots import drift_over_time, events_by_type, metrics_by_version, traffic
+from falaj.control.plots import (
+    drift_over_time,
+    events_by_type,
+    metrics_by_version,
+    traffic,
+    training_loss,
+)
 
 
 def _window(end: str, value: float, drifted: bool) -> dict[str, object]:
@@ -90,3 +96,13 @@ def test_events_are_counted_by_type_without_the_common_prefix() -> None:
     )
     [bars] = figure["data"]
     assert (bars["y"], bars["x"]) == (["data.ingested", "model.deployed"], [2, 5])
+
+
+def test_training_loss_is_drawn_by_epoch_for_each_job() -> None:
+    figure = json.loads(
+        training_loss({"train-b": [(1, 0.5), (2, 0.3)], "train-a": [(1, 0.7)]}).figure
+    )
+    assert [(t["name"], t["x"], t["y"]) for t in figure["data"]] == [
+        ("train-a", [1], [0.7]),
+        ("train-b", [1, 2], [0.5, 0.3]),
+    ]
