@@ -24,6 +24,7 @@ import typer
 from rich.table import Table
 
 from falaj.auth import Role
+from falaj.catalog import loop_steps
 from falaj.cli.options import (
     HomeOption,
     JsonOption,
@@ -202,55 +203,6 @@ def shadow(
 # -- status --------------------------------------------------------------------------------
 
 
-#: The audit actions that make up the closed loop, and what each says about itself.
-LOOP_ACTIONS = (
-    "drift.detected",
-    "training.launched",
-    "training.completed",
-    "training.failed",
-    "model.registered",
-    "model.deployed",
-    "model.canary",
-    "model.promoted",
-    "model.rolled_back",
-    "model.shadow",
-)
-
-
-def loop_steps(ctx: Context, model: str, *, last: int = 12) -> list[dict[str, str]]:
-    """The model's last steps round the loop, from the audit log: drift to promotion."""
-    prefix = f"model/{model}"
-    steps = [
-        entry
-        for entry in ctx.audit.entries()
-        if entry["action"] in LOOP_ACTIONS
-        and (entry["resource"] == prefix or str(entry["resource"]).startswith(prefix + "/"))
-    ][-last:]
-    return [
-        {
-            "time": str(entry["time"]),
-            "step": str(entry["action"])
-            + ("" if entry.get("outcome", "success") == "success" else f" ({entry['outcome']})"),
-            "version": str(entry["resource"])[len(prefix) + 1 :],
-            "by": str(entry["actor"]),
-            "why": _why(entry),
-        }
-        for entry in steps
-    ]
-
-
-def _why(entry: dict[str, Any]) -> str:
-    details: dict[str, Any] = entry.get("details") or {}
-    if entry["action"] == "drift.detected":
-        return "drifted: " + ", ".join(details.get("drifted_features", []))
-    if entry["action"] == "training.launched":
-        return f"reason {details.get('reason')}, job {details.get('job_id')}"
-    if entry["action"] == "training.completed":
-        metrics = details.get("metrics", {})
-        return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-    return str(details.get("reason") or details.get("error") or "")
-
-
 def _live_report(settings: Settings, model: str) -> dict[str, Any] | None:
     """The router's A/B report and backend states, or None when no router answers."""
     import httpx
@@ -298,7 +250,7 @@ def status(model: ModelArgument, home: HomeOption = None, as_json: JsonOption = 
             "function deploys the first one); 'falaj models list' shows what is registered",
         )
     live = _live_report(settings, model)
-    steps = loop_steps(ctx, model)
+    steps = loop_steps(ctx.audit, model)
     if as_json:
         emit_json(
             {

@@ -17,7 +17,7 @@ from typing import Any
 
 from falaj.audit import AuditLog
 from falaj.auth import Action
-from falaj.catalog import aliases_of, serving_role, version_history
+from falaj.catalog import aliases_of, loop_steps, serving_role, version_history
 from falaj.client import PlatformClient
 from falaj.context import Context
 from falaj.deployments import DB_FILE as DEPLOYMENTS_DB
@@ -124,6 +124,7 @@ def rollouts(ctx: Context, token: str) -> dict[str, Any]:
                     "split": {**split.traffic(), "updated": split.updated},
                     "live": live,
                     "live_error": problem,
+                    "loop": loop_steps(ctx.audit, name),
                 }
             )
     return {"rollouts": shown}

@@ -216,6 +216,14 @@ def test_a_session_may_promote_only_with_its_csrf_token(
     [entry] = audited(ctx, "model.promoted")
     assert (entry["actor"], entry["role"]) == ("local-ml-engineer", "ml-engineer")
     assert entry["details"]["requested_by"] == "/falaj/control"  # type: ignore[index]
+    # The traffic page's loop, from the audit log, ends with it.
+    [rollout] = app.get("/api/rollouts").json()["rollouts"]
+    assert [step["step"] for step in rollout["loop"]] == [
+        "model.registered",
+        "model.registered",
+        "model.promoted",
+    ]
+    assert rollout["loop"][-1]["by"] == "local-ml-engineer"
 
 
 def test_a_viewer_may_not_promote_and_the_refusal_is_audited(
