@@ -29,23 +29,33 @@ class Plot:
     figure: str
 
 
-def _layout(fig: go.Figure, title: str, *, height: int = 320) -> go.Figure:
+#: Above the plot, right-aligned: below it, a legend collides with an x axis's title.
+LEGEND_ABOVE = {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"}
+#: Below the plot, for subplots: above it, a legend collides with their titles.
+LEGEND_BELOW = {"orientation": "h", "x": 0, "y": -0.12, "yanchor": "top"}
+
+
+def _layout(
+    fig: go.Figure, title: str, *, height: int = 320, legend: Mapping[str, Any] = LEGEND_ABOVE
+) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0, "font": {"size": 14}},
         height=height,
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
         template="plotly_white",
-        # Above the plot, right-aligned: below it, a legend collides with the axis labels.
-        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+        legend=dict(legend),
         showlegend=True,
     )
     return fig
 
 
-def _plot(plot_id: str, title: str, fig: go.Figure) -> Plot:
+def _plot(
+    plot_id: str, title: str, fig: go.Figure, *, legend: Mapping[str, Any] = LEGEND_ABOVE
+) -> Plot:
     # "</" never appears in the page's <script type="application/json"> as is,
     # so a name in the data cannot close the element early.
-    return Plot(plot_id, title, _layout(fig, title).to_json().replace("</", "<\\/"))
+    laid_out = _layout(fig, title, legend=legend)
+    return Plot(plot_id, title, laid_out.to_json().replace("</", "<\\/"))
 
 
 def metrics_by_version(models: Sequence[Mapping[str, Any]]) -> list[Plot]:
@@ -94,7 +104,12 @@ def traffic(rollout: Mapping[str, Any]) -> Plot:
             row=1,
             col=2,
         )
-    return _plot(f"traffic-{rollout['model']}", f"{rollout['model']}: traffic split", fig)
+    return _plot(
+        f"traffic-{rollout['model']}",
+        f"{rollout['model']}: traffic split",
+        fig,
+        legend=LEGEND_BELOW,
+    )
 
 
 def drift_over_time(series: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[Plot]:
