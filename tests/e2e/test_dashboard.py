@@ -12,8 +12,6 @@ main pages go to docs/screenshots/, which the README shows.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +31,16 @@ from falaj.objects import LANDING_BUCKET
 from falaj.publisher import EventPublisher
 from falaj.registry import ModelRegistry
 from falaj.rollouts import RolloutAction, Rollouts, RolloutStep
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from falaj.runtime.processes import ReadyCheck, free_port
 from falaj.settings import PROJECT_ROOT, Settings
 from tests.eventing.conftest import wait_until
+from tests.falaj.runtime.test_platform import platform_env, start_up
 from tests.support.browser import chromium
 from tests.support.notifications import AWS_PUT, record
 from tests.support.ray_jobs import RayHead
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
-FALAJ = str(Path(sys.executable).with_name("falaj"))
 MODEL = "fraud"
 #: Where the screenshots go; the README shows them from here.
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
@@ -73,32 +71,10 @@ def dashboard(
     demo_run: dict[str, Any], ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dashboard]:
     home = Path(demo_run["home"])
-    settings = Settings(
-        home=home,
-        broker_port=free_port(),
-        router_port=free_port(),
-        grpc_port=free_port(),
-        control_port=free_port(),
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    env.update(
-        {
-            "FALAJ_BROKER_PORT": str(settings.broker_port),
-            "FALAJ_ROUTER_PORT": str(settings.router_port),
-            "FALAJ_GRPC_PORT": str(settings.grpc_port),
-            "FALAJ_CONTROL_PORT": str(settings.control_port),
-            **ray_head.env,
-        }
-    )
-    workdir = tmp_path_factory.mktemp("dashboard")
-    up = ManagedProcess(
-        name="falaj-up",
-        argv=[FALAJ, "up", "--home", str(home)],
-        env=env,
-        log_path=workdir / "up.log",
-        cwd=workdir,
-        grace_s=60.0,
-    ).start()
+    env = platform_env(ray_head, FALAJ_GRPC_PORT=str(free_port()))
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("FALAJ_")})
+    settings = settings.model_copy(update={"home": home})
+    up = start_up(tmp_path_factory.mktemp("dashboard"), home, env)
     try:
         # The control API starts last: once it answers, everything before it does.
         up.wait_ready(ReadyCheck("127.0.0.1", settings.control_port, "/healthz"), timeout_s=180)
