@@ -52,10 +52,11 @@ def _layout(
 def _plot(
     plot_id: str, title: str, fig: go.Figure, *, legend: Mapping[str, Any] = LEGEND_ABOVE
 ) -> Plot:
-    # "</" never appears in the page's <script type="application/json"> as is,
-    # so a name in the data cannot close the element early.
+    # No "<" reaches the page's <script type="application/json"> as is (JSON's
+    # own escape for it, as Jinja's tojson does), so a name in the data can
+    # neither close the element early ("</script>") nor open a comment ("<!--").
     laid_out = _layout(fig, title, legend=legend)
-    return Plot(plot_id, title, laid_out.to_json().replace("</", "<\\/"))
+    return Plot(plot_id, title, laid_out.to_json().replace("<", "\\u003c"))
 
 
 def metrics_by_version(models: Sequence[Mapping[str, Any]]) -> list[Plot]:
