@@ -28,8 +28,10 @@ from falaj.errors import ModelBusy
 from falaj.events import TrainingReason, TrainingStage
 
 DB_FILE = "jobs.db"
-#: Ray's job states that mean the job still holds (or will hold) the cluster.
-ACTIVE_STATES = frozenset({"PENDING", "RUNNING"})
+#: A run whose slot is claimed and whose job is being submitted (the launcher's own state).
+SUBMITTING = "SUBMITTING"
+#: The states of a run that still holds (or will hold) the cluster: Ray's, and ours before it.
+ACTIVE_STATES = frozenset({SUBMITTING, "PENDING", "RUNNING"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -195,10 +197,11 @@ class TrainingJobs(Closeable):
         return [row[0] for row in rows]
 
     def record_launch(self, job_id: str, request: TrainingRequest, *, limit: int) -> TrainingRun:
-        """Record a submitted job as active, and clear the model's pending request with it.
+        """Claim a slot for a job about to be submitted (``SUBMITTING``), and clear the
+        model's pending request with it.
 
         Raises ``ModelBusy`` when the model has ``limit`` active runs already
-        (another launcher replica launched in between).
+        (another launcher replica launched in between): then nothing is submitted.
         """
         submitted = _now()
         run_name = request.run_name or job_id
@@ -215,7 +218,7 @@ class TrainingJobs(Closeable):
             self._db.execute(
                 "INSERT INTO runs (job_id, model, reason, urgent, cause_event_id, submitted,"
                 " status, ended, active, run_name, attempt)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'PENDING', NULL, 1, ?, ?)",
+                f" VALUES (?, ?, ?, ?, ?, ?, '{SUBMITTING}', NULL, 1, ?, ?)",
                 (
                     job_id,
                     request.model,
@@ -235,6 +238,20 @@ class TrainingJobs(Closeable):
         run = self.run(job_id)
         assert run is not None  # committed just above
         return run
+
+    def withdraw_launch(self, job_id: str, request: TrainingRequest) -> None:
+        """Undo ``record_launch`` for a job that was never submitted: the slot is free
+        again and the request waits once more (merged with any that came since)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "DELETE FROM runs WHERE job_id = ? AND status = ?", (job_id, SUBMITTING)
+            )
+            self._merge_pending(request)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def update_status(self, job_id: str, status: str, message: str | None = None) -> None:
         """Store the status Ray reported; an ended run frees its model for the next."""
@@ -298,25 +315,30 @@ class TrainingJobs(Closeable):
         """Merge ``request`` into the model's pending request; return the merged one."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            earlier = self.pending(request.model)
-            merged = request if earlier is None else earlier.merged(request)
-            self._db.execute(
-                "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    merged.model,
-                    str(merged.reason),
-                    int(merged.urgent),
-                    merged.cause_event_id,
-                    _now(),
-                    merged.requests,
-                    merged.run_name,
-                    merged.attempt,
-                ),
-            )
+            merged = self._merge_pending(request)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        return merged
+
+    def _merge_pending(self, request: TrainingRequest) -> TrainingRequest:
+        """``add_pending``'s write, inside the caller's transaction."""
+        earlier = self.pending(request.model)
+        merged = request if earlier is None else earlier.merged(request)
+        self._db.execute(
+            "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                merged.model,
+                str(merged.reason),
+                int(merged.urgent),
+                merged.cause_event_id,
+                _now(),
+                merged.requests,
+                merged.run_name,
+                merged.attempt,
+            ),
+        )
         return merged
 
     def close(self) -> None:

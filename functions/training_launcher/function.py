@@ -58,7 +58,13 @@ from falaj.registry import ModelRegistry, ModelVersion
 from falaj.residency import Boundary
 from falaj.settings import write_secrets_file
 from falaj.training_job import MAX_ATTEMPTS, JobExit
-from falaj.training_runs import ACTIVE_STATES, TrainingJobs, TrainingRequest, TrainingRun
+from falaj.training_runs import (
+    ACTIVE_STATES,
+    SUBMITTING,
+    TrainingJobs,
+    TrainingRequest,
+    TrainingRun,
+)
 from functions.training_launcher.kuberay import KubeRayJobs
 from functions.training_launcher.ray_jobs import (
     JOB_SECRETS,
@@ -69,6 +75,10 @@ from functions.training_launcher.ray_jobs import (
     job_spec,
 )
 from functions.training_launcher.rayjob import cluster_target, load_template
+
+#: How long a claimed run may take to be submitted before a job Ray does not know of
+#: counts as lost: a submission is one HTTP call (or one RayJob created), seconds at most.
+SUBMIT_GRACE_S = 60.0
 
 #: The job's own events: they report its progress and its end.
 JOB_EVENTS = frozenset(
@@ -285,6 +295,8 @@ class TrainingLauncherFunction(CloudEventFunction):
     def _refresh(self, model: str) -> None:
         """Ask Ray how the model's unfinished runs are, and settle those that ended."""
         for run in self.jobs.active(model):
+            if run.status == SUBMITTING and _age_s(run) < SUBMIT_GRACE_S:
+                continue  # another launcher is submitting it right now
             state = self._ray_jobs().state(run.job_id)
             if state.status == run.status:
                 continue
@@ -397,10 +409,18 @@ class TrainingLauncherFunction(CloudEventFunction):
             token_file=self._token_file,
             secrets_file=self._secrets_file,
         )
-        # Submitted before it is recorded: if Ray refuses, nothing claims the
-        # model and the pending request stays for the redelivery.
-        self._ray_jobs().submit(spec)
+        # The slot is claimed before the job is submitted, so a launcher that
+        # finds it taken (ModelBusy) submits nothing. If Ray refuses, the claim
+        # is withdrawn and the request waits again for the redelivery; if this
+        # process dies in between, the claim outlives SUBMIT_GRACE_S, Ray knows
+        # no such job, and it is retried as lost.
         self.jobs.record_launch(job_id, request, limit=settings.training_max_concurrent)
+        try:
+            self._ray_jobs().submit(spec)
+        except BaseException:
+            self.jobs.withdraw_launch(job_id, request)
+            raise
+        self.jobs.update_status(job_id, "PENDING")
         self.ctx.audit.record(
             "training.launched",
             actor=self.name,
@@ -471,6 +491,11 @@ class TrainingLauncherFunction(CloudEventFunction):
         if self._ray is None:
             raise FalajError(f"function {self.name} used before start()")
         return self._ray
+
+
+def _age_s(run: TrainingRun) -> float:
+    """Seconds since the run's slot was claimed."""
+    return (datetime.now(UTC) - datetime.fromisoformat(run.submitted)).total_seconds()
 
 
 def _ending_reason(run: TrainingRun, state: JobState) -> str:

@@ -50,7 +50,7 @@ from falaj.runtime.processes import free_port
 from falaj.schema import load_schema
 from falaj.settings import Settings
 from falaj.training_job import MAX_ATTEMPTS, JobExit
-from falaj.training_runs import TrainingJobs, TrainingRequest
+from falaj.training_runs import SUBMITTING, TrainingJobs, TrainingRequest
 from falaj.validation import validate_frame
 from functions.training_launcher import TrainingLauncherFunction
 from functions.training_launcher import function as launcher_module
@@ -227,7 +227,8 @@ class RayThatRuns:
         return spec.job_id
 
     def state(self, job_id: str) -> JobState:
-        return self.states[job_id]
+        # As Ray answers for a submission id it has no job of.
+        return self.states.get(job_id, JobState(status=LOST, message="no such job"))
 
     def close(self) -> None:
         pass
@@ -865,3 +866,65 @@ def test_a_job_stopped_on_ray_is_announced_failed_by_the_watcher(
     with TrainingJobs(ctx.paths.training) as jobs:
         stopped = jobs.run(run.job_id)
     assert stopped is not None and (stopped.status, stopped.announced) == ("STOPPED", "failed")
+
+
+# -- a slot is claimed before its job is submitted ------------------------------------
+
+
+def test_the_slot_is_claimed_before_the_job_is_submitted(
+    ctx: Context, jobs_api: RayThatRuns, scheduled_launcher: TrainingLauncherFunction
+) -> None:
+    seen: list[str | None] = []
+    submit = jobs_api.submit
+
+    def submit_seeing_the_claim(spec: JobSpec) -> str:
+        run = scheduled_launcher.jobs.run(spec.job_id)
+        seen.append(None if run is None else run.status)
+        return submit(spec)
+
+    jobs_api.submit = submit_seeing_the_claim  # type: ignore[method-assign]
+    scheduled_launcher.handle(drifted(ctx))
+    assert seen == [SUBMITTING]
+    [run] = scheduled_launcher.jobs.active(MODEL)
+    assert run.status == "PENDING"  # submitted: Ray's word from here on
+    scheduled_launcher.reconcile()
+    assert scheduled_launcher.jobs.active(MODEL)[0].status == "RUNNING"
+
+
+def test_a_launcher_that_finds_the_slot_taken_submits_nothing(
+    ctx: Context,
+    jobs_api: RayThatRuns,
+    scheduled_launcher: TrainingLauncherFunction,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def taken(*_: object, **__: object) -> None:
+        raise ModelBusy("another launcher replica launched in between")
+
+    monkeypatch.setattr(scheduled_launcher.jobs, "record_launch", taken)
+    scheduled_launcher.handle(drifted(ctx))
+    assert jobs_api.submitted == []  # no job runs that nothing records
+    assert scheduled_launcher.jobs.pending(MODEL) is not None
+
+
+def test_a_claim_whose_job_was_never_submitted_is_retried_as_lost_after_the_grace(
+    ctx: Context,
+    jobs_api: RayThatRuns,
+    scheduled_launcher: TrainingLauncherFunction,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A launcher claimed the slot and died before it submitted (or is submitting now).
+    request = TrainingRequest(model=MODEL, reason=TrainingReason.DRIFT, urgent=True)
+    claimed = scheduled_launcher.jobs.record_launch("train-fraud-claimed", request, limit=1)
+    assert claimed.status == SUBMITTING
+    scheduled_launcher.reconcile()
+    assert scheduled_launcher.jobs.run("train-fraud-claimed").status == SUBMITTING  # type: ignore[union-attr]
+    assert jobs_api.submitted == []  # within the grace, left to whoever is submitting it
+
+    # Past the grace (SUBMIT_GRACE_S, a minute), the claim is asked about like any run.
+    monkeypatch.setattr(launcher_module, "SUBMIT_GRACE_S", 0.0)
+    scheduled_launcher.reconcile()
+    assert scheduled_launcher.jobs.run("train-fraud-claimed").status == LOST  # type: ignore[union-attr]
+    [retry] = jobs_api.submitted  # retried at once: urgent, resuming the claimed run
+    assert dict(retry.metadata)["attempt"] == "2"
+    assert retry.entrypoint.endswith("--run-name train-fraud-claimed")
+    assert "training.retried" in audit_actions(ctx)
