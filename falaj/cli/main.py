@@ -162,7 +162,12 @@ def _announce_ready(paths: Paths, *, as_json: bool) -> None:
     control = ready.get("control")
     console.print(
         f"Falaj is up: broker {ready['broker']}, router {ready['router']}, Ray {ready['ray']}"
-        + (f"\ndashboard: {control}" if isinstance(control, str) else "")
+        + (
+            f"\ndashboard: {control} (log in with a token file's contents, e.g. "
+            f"{paths.keys / 'viewer.token'})"
+            if isinstance(control, str)
+            else ""
+        )
         + f"\ntokens per role in {paths.keys}; drop files into {paths.landing} "
         "(or 'falaj ingest FILE')"
     )
