@@ -107,12 +107,16 @@ class ScoredWindow:
         }
 
 
+#: The time series' file in ``<home>/drift``.
+DB_FILE = "drift.db"
+
+
 class DriftHistory:
     """Reads and writes the drift time series of one platform."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "drift.db"
+        self.path = directory / DB_FILE
         self.connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.connection.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL sync never corrupts the file; a power cut may lose the

@@ -113,6 +113,8 @@ PAGES = (
     Page("admin", "/admin", "Admin", Action.ADMIN),
 )
 PAGE = {page.name: page for page in PAGES}
+#: Where a page's JSON is under /api when that is not the page's own name.
+API_PATHS = {"admin": "tokens"}
 #: The rollout steps the traffic page has a button for.
 BUTTONS = {"promote": RolloutAction.PROMOTE, "rollback": RolloutAction.ROLLBACK}
 
@@ -236,8 +238,7 @@ class ControlAPI:
     async def page(self, request: Request) -> Response:
         page = PAGE[request.scope["route"].name]
         caller = await self.caller(request, page.needs)
-        data = await run_in_threadpool(self._data, page.name, caller, request)
-        shown = await run_in_threadpool(self._plots, page.name, data)
+        data, shown = await run_in_threadpool(self._data_and_plots, page.name, caller, request)
         return self._page(request, caller, page, f"{page.name}.html", data, shown)
 
     async def version_page(self, request: Request) -> Response:
@@ -267,6 +268,12 @@ class ControlAPI:
             csrf=caller.session.csrf if caller.session else "",
             query=dict(request.query_params),
         )
+
+    def _data_and_plots(
+        self, name: str, caller: Caller, request: Request
+    ) -> tuple[dict[str, Any], list[plots.Plot]]:
+        data = self._data(name, caller, request)
+        return data, self._plots(name, data)
 
     def _data(self, name: str, caller: Caller, request: Request) -> dict[str, Any]:
         limit = _limit(request)
@@ -316,8 +323,7 @@ class ControlAPI:
     # -- the same, as JSON ---------------------------------------------------------------
 
     async def api(self, request: Request) -> Response:
-        name = request.scope["route"].name.removeprefix("api-")
-        page = PAGE["admin" if name == "tokens" else name]
+        page = PAGE[request.scope["route"].name.removeprefix("api-")]
         caller = await self.caller(request, page.needs)
         data = await run_in_threadpool(self._data, page.name, caller, request)
         return JSONResponse(data)
@@ -580,8 +586,6 @@ def create_app(control: ControlAPI) -> Starlette:
     page_routes = [
         Route(page.path, control.page, methods=["GET"], name=page.name) for page in PAGES
     ]
-    # Each page's JSON under /api, by the page's name; the admin page's is /api/tokens.
-    api_names = [p.name for p in PAGES if p.name != "admin"] + ["tokens"]
     return Starlette(
         routes=[
             *page_routes,
@@ -590,8 +594,8 @@ def create_app(control: ControlAPI) -> Starlette:
             Route("/login", control.counted("login", control.login), methods=["POST"]),
             Route("/logout", control.logout, methods=["POST"]),
             *[
-                Route(f"/api/{name}", control.api, methods=["GET"], name=f"api-{name}")
-                for name in api_names
+                Route(f"/api/{API_PATHS.get(p.name, p.name)}", control.api, name=f"api-{p.name}")
+                for p in PAGES
             ],
             Route("/api/models/{model}/{version:int}", control.api_version, methods=["GET"]),
             Route(

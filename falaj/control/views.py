@@ -24,7 +24,7 @@ from falaj.deployments import DB_FILE as DEPLOYMENTS_DB
 from falaj.deployments import TrafficSplit, open_traffic_store
 from falaj.errors import AuditTampered, FalajError, PlatformRequestError
 from falaj.events import EventType
-from falaj.quarantine import quarantined_rows, refused_files
+from falaj.quarantine import REASON_SUFFIX, quarantined_rows, refused_files
 from falaj.registry import ModelRegistry
 from falaj.runtime.processes import pid_alive
 from falaj.training_runs import DB_FILE as TRAINING_DB
@@ -135,10 +135,11 @@ def rollouts(ctx: Context, token: str) -> dict[str, Any]:
 
 def drift(ctx: Context, *, last: int = 50) -> dict[str, Any]:
     """Each model version's scored windows, oldest first, and the thresholds that decide drift."""
+    from falaj.drift_history import DB_FILE as DRIFT_DB
     from falaj.drift_history import DriftHistory
 
     shown: list[dict[str, Any]] = []
-    if (ctx.paths.drift / "drift.db").exists():
+    if (ctx.paths.drift / DRIFT_DB).exists():  # reading must not create the drift function's state
         history = DriftHistory(ctx.paths.drift)
         try:
             for name in ModelRegistry(ctx).models():
@@ -285,6 +286,7 @@ def overview(ctx: Context) -> dict[str, Any]:
     catalog = models(ctx)["models"]
     audited = audit(ctx, limit=0)
     runs = training(ctx)["runs"]
+    quarantine_dir = ctx.paths.quarantine
     return {
         "region": ctx.settings.region,
         "allowed_regions": list(ctx.settings.allowed_regions),
@@ -301,10 +303,10 @@ def overview(ctx: Context) -> dict[str, Any]:
         "audit_verified": audited["verified"],
         "audit_entries": audited["entries"],
         "training_active": sum(1 for r in runs if r["active"]),
-        "quarantined_files": len(list(ctx.paths.quarantine.glob("*.jsonl")))
-        + len(refused_files(ctx.paths.quarantine))
-        if ctx.paths.quarantine.is_dir()
-        else 0,
+        # Counted by name: the overview opens none of them (no folder yet: none).
+        "quarantined_files": sum(
+            1 for pattern in ("*.jsonl", "*" + REASON_SUFFIX) for _ in quarantine_dir.glob(pattern)
+        ),
     }
 
 

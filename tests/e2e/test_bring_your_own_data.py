@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
-import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +48,7 @@ from falaj.features import FeatureStoreClient
 from falaj.function import CloudEventFunction
 from falaj.objects import LANDING_BUCKET, encode_key
 from falaj.registry import ModelRegistry
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
+from falaj.runtime.processes import free_port
 from falaj.settings import PROJECT_ROOT, Settings
 from falaj.training_runs import TrainingRun
 from falaj.validation import validate_frame
@@ -64,6 +61,7 @@ from tests.support.event_sink import EventSink
 from tests.support.loans import generate_applications
 from tests.support.notifications import AWS_PUT, record
 from tests.support.ray_jobs import RayHead, wait_for_job
+from tests.support.router import kill_leftovers, start_router_process
 from training.lineage import code_commit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -321,7 +319,9 @@ def test_loan_applications_go_through_the_whole_loop(
     applicant = {name: float(online[name][0]) for name in spec.features}
     inputs = np.array([[applicant[name] for name in spec.features]], dtype=np.float32)
     expected = float(reference.run(["probability"], {"input": inputs})[0][0][0])
-    router = start_router(ctx, settings, broker)
+    router = start_router_process(
+        settings.model_copy(update={"broker_url": broker.url}), ctx.paths.logs / "router.log"
+    )
     predictors: set[int] = set()
     try:
         user = ctx.tokens.issue("analyst", Role.DATA_SCIENTIST)
@@ -362,35 +362,5 @@ def test_loan_applications_go_through_the_whole_loop(
         assert all(list(e.inputs) == list(spec.features) for e in logged)
     finally:
         router.stop()
-        leftovers = [pid for pid in predictors if alive(pid)]
-        for pid in leftovers:
-            os.killpg(pid, signal.SIGKILL)
+        leftovers = kill_leftovers(predictors)
     assert leftovers == [], "the router left predictor processes running"
-
-
-def start_router(ctx: Context, settings: Settings, broker: BrokerStandIn) -> ManagedProcess:
-    """``inference.router`` as the platform runs it, logging predictions to ``broker``."""
-    router_settings = settings.model_copy(update={"broker_url": broker.url})
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    process = ManagedProcess(
-        name="router",
-        argv=[sys.executable, "-m", "inference.router"],
-        env={**base, **router_settings.to_env()},
-        log_path=ctx.paths.logs / "router.log",
-        cwd=PROJECT_ROOT,
-        grace_s=20.0,
-    ).start()
-    try:
-        process.wait_ready(ReadyCheck("127.0.0.1", settings.router_port, "/v2/health/live"))
-    except BaseException:
-        process.stop()
-        raise
-    return process
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

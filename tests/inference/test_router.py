@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import json
-import os
 import random
-import signal
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,8 +22,7 @@ from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
 from falaj.events import EventType, InferenceLogged, InferenceOutcome, ModelDeployed, make_event
 from falaj.registry import MODEL_FILE
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
-from falaj.settings import PROJECT_ROOT
+from falaj.runtime.processes import ManagedProcess, free_port, pid_alive
 from inference.router import STICKY_HEADER, Variant, pick_variant, sticky_draw
 from inference.session import CPU
 from tests.inference.conftest import (
@@ -41,6 +36,7 @@ from tests.inference.conftest import (
     wait_until,
 )
 from tests.support.models import failing_onnx
+from tests.support.router import kill_leftovers, predictor_pids, start_router_process
 
 REQUESTS = 1000
 
@@ -89,14 +85,6 @@ class RunningRouter:
         return opened
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 RouterStarter = Callable[..., RunningRouter]
 
 
@@ -115,15 +103,7 @@ def start_router(ctx: Context, broker: BrokerStandIn) -> Iterator[RouterStarter]
                 **overrides,
             }
         )
-        base = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-        process = ManagedProcess(
-            name="router",
-            argv=[sys.executable, "-m", "inference.router"],
-            env={**base, **settings.to_env()},
-            log_path=ctx.paths.logs / "router.log",
-            cwd=PROJECT_ROOT,
-            grace_s=20.0,
-        ).start()
+        process = start_router_process(settings, ctx.paths.logs / "router.log")
         running = RunningRouter(
             process=process,
             url=f"http://127.0.0.1:{settings.router_port}",
@@ -132,7 +112,6 @@ def start_router(ctx: Context, broker: BrokerStandIn) -> Iterator[RouterStarter]
             service=service,
         )
         started.append(running)
-        process.wait_ready(ReadyCheck("127.0.0.1", settings.router_port, "/v2/health/live"))
         return running
 
     yield start
@@ -144,18 +123,9 @@ def stop_router(running: RunningRouter) -> list[int]:
     """Stop the router; the predictors it started are its to stop: those left, killed."""
     for opened in running.clients:
         opened.close()
-    seen_pids: set[int] = set(running.predictor_pids)
-    with contextlib.suppress(httpx.HTTPError, KeyError):
-        status = httpx.get(
-            f"{running.url}/v2/models/fraud",
-            headers={"Authorization": f"Bearer {running.viewer}"},
-        ).json()["status"]
-        seen_pids.update(int(s["pid"]) for s in status.values() if s.get("pid"))
+    seen_pids = running.predictor_pids | predictor_pids(running.url, running.viewer)
     running.process.stop()
-    leftovers = [pid for pid in seen_pids if alive(pid)]
-    for pid in leftovers:
-        os.killpg(pid, signal.SIGKILL)
-    return leftovers
+    return kill_leftovers(seen_pids)
 
 
 @pytest.fixture
@@ -270,7 +240,7 @@ def test_split_headers_auth_payload_log_and_a_refused_canary(
     status = viewer.get("/v2/models/fraud").json()["status"]
     assert "SignatureInvalid" in status["3"]["reason"]
     assert status["1"]["pid"] == old_pids["1"]  # stable untouched
-    wait_until(lambda: not alive(int(old_pids["2"])), 30, "version 2's predictor stopped")
+    wait_until(lambda: not pid_alive(int(old_pids["2"])), 30, "version 2's predictor stopped")
     for row in rows[:40]:
         response = user.post("/v1/models/fraud:predict", json={"instances": [row.tolist()]})
         assert response.status_code == 200
@@ -597,7 +567,7 @@ def test_a_scaled_to_zero_model_answers_its_next_requests(
     wait_until(lambda: state()["state"] == "ready", 90, "version 1 loaded")
     first_pid = int(state().get("pid") or 0)
     wait_until(lambda: state()["state"] == "scaled-to-zero", 30, "idle version 1 scaled to zero")
-    wait_until(lambda: not alive(first_pid), 30, "its process stopped")
+    wait_until(lambda: not pid_alive(first_pid), 30, "its process stopped")
     # Scaled to zero still counts as serving: probes must not take the router out.
     assert viewer.get("/v2/health/ready").status_code == 200
 

@@ -3,10 +3,6 @@ verdicts; the payload log. One router process, with real predictors behind it.""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sys
 from collections import Counter
 from collections.abc import Iterator
 
@@ -18,8 +14,7 @@ from falaj.auth import Role
 from falaj.context import Context
 from falaj.deployments import DeploymentStore, TrafficSplit
 from falaj.metrics import METRIC_NAMES
-from falaj.runtime.processes import ManagedProcess, ReadyCheck, free_port
-from falaj.settings import PROJECT_ROOT
+from falaj.runtime.processes import free_port
 from tests.inference.conftest import (
     FEATURES,
     WEIGHTS_V1,
@@ -30,14 +25,7 @@ from tests.inference.conftest import (
 )
 from tests.support.metrics import scrape
 from tests.support.models import failing_onnx
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.support.router import kill_leftovers, predictor_pids, start_router_process
 
 
 @pytest.fixture
@@ -52,31 +40,15 @@ def router_url(ctx: Context, broker: BrokerStandIn) -> Iterator[str]:
             "rollback_min_requests": 30,
         }
     )
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FALAJ_")}
-    process = ManagedProcess(
-        name="router",
-        argv=[sys.executable, "-m", "inference.router"],
-        env={**base, **settings.to_env()},
-        log_path=ctx.paths.logs / "router.log",
-        cwd=PROJECT_ROOT,
-        grace_s=20.0,
-    ).start()
+    process = start_router_process(settings, ctx.paths.logs / "router.log")
     url = f"http://127.0.0.1:{port}"
     pids: set[int] = set()
     try:
-        process.wait_ready(ReadyCheck("127.0.0.1", port, "/v2/health/live"))
         yield url
-        viewer = ctx.tokens.issue("cleaner", Role.VIEWER)
-        with contextlib.suppress(httpx.HTTPError, KeyError):
-            status = httpx.get(
-                f"{url}/v2/models/fraud", headers={"Authorization": f"Bearer {viewer}"}
-            ).json()["status"]
-            pids = {int(s["pid"]) for s in status.values() if s.get("pid")}
+        pids = predictor_pids(url, ctx.tokens.issue("cleaner", Role.VIEWER))
     finally:
         process.stop()
-    leftovers = [pid for pid in pids if alive(pid)]
-    for pid in leftovers:
-        os.killpg(pid, signal.SIGKILL)
+    leftovers = kill_leftovers(pids)
     assert leftovers == [], "the router left predictor processes running"
 
 

@@ -18,12 +18,13 @@ def skaffold() -> dict[str, Any]:
     return loaded
 
 
-def _images(node: Any) -> set[str]:
+def images_in(node: Any) -> set[str]:
+    """Every ``image`` a rendered object (or list of them) names, at any depth."""
     if isinstance(node, dict):
         found = {node["image"]} if isinstance(node.get("image"), str) else set()
-        return found.union(*(_images(value) for value in node.values()))
+        return found.union(*(images_in(value) for value in node.values()))
     if isinstance(node, list):
-        return set().union(*(_images(value) for value in node))
+        return set().union(*(images_in(value) for value in node))
     return set()
 
 
@@ -52,7 +53,7 @@ def test_skaffold_builds_every_image_the_manifests_use(
 ) -> None:
     artifacts = {artifact["image"] for artifact in skaffold["build"]["artifacts"]}
     assert artifacts == {"falaj-functions", "falaj-inference", "falaj-training"}
-    assert _images(local_docs) == artifacts
+    assert images_in(local_docs) == artifacts
 
 
 def test_dockerfiles_exist_and_drop_root(skaffold: dict[str, Any]) -> None:

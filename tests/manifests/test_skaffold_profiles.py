@@ -17,6 +17,7 @@ import yaml
 
 from falaj.manifest_schemas import SchemaStore
 from falaj.settings import PROJECT_ROOT, Settings
+from tests.manifests.test_skaffold import images_in
 
 PROFILES = {"smb": "manifests/overlays/smb", "enterprise": "manifests/overlays/enterprise"}
 #: The sections a profile may replace (skaffold overlays them on the main config).
@@ -67,15 +68,6 @@ def effective(config: dict[str, Any], name: str | None) -> dict[str, Any]:
     for patch in profile.get("patches", []):
         _apply(result, copy.deepcopy(patch))
     return result
-
-
-def _images(node: Any) -> set[str]:
-    if isinstance(node, dict):
-        found = {node["image"]} if isinstance(node.get("image"), str) else set()
-        return found.union(*(_images(value) for value in node.values()))
-    if isinstance(node, list):
-        return set().union(*(_images(value) for value in node))
-    return set()
 
 
 def test_each_profile_renders_its_overlay_and_the_default_stays_local(
@@ -131,7 +123,7 @@ def test_each_profile_builds_exactly_the_images_its_overlay_uses(
 ) -> None:
     artifacts = {a["image"] for a in effective(skaffold, profile)["build"]["artifacts"]}
 
-    assert _images(rendered[render]) == artifacts
+    assert images_in(rendered[render]) == artifacts
 
 
 def _dockerfile(artifact: dict[str, Any]) -> Path:
